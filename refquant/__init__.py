@@ -1,0 +1,22 @@
+"""refquant: the golden reference for integer quantization of transformers.
+
+Public API v1 (docs/DESIGN.md):
+
+    import refquant as rq
+    spec = rq.dialect("onnx")                       # or rq.QuantSpec(...)
+    qp = rq.choose_qparams(x, spec)
+    q = rq.quantize(x, qp); y = rq.dequantize(q, qp); y = rq.fake_quant(x, qp)
+"""
+from .dialects import DIALECTS, dialect, dialect_doc
+from .errors import (ConfigError, DTypeError, MissingTensorError, NonFiniteError, RefquantError,
+                     ShapeError, WeightsFormatError)
+from .quant import (QParams, choose_qparams, dequantize, fake_quant, qparams_from_amax,
+                    qparams_from_minmax, quantize)
+from .spec import QuantSpec
+
+__version__ = "0.1.0"
+
+__all__ = ["QuantSpec", "QParams", "dialect", "dialect_doc", "DIALECTS", "choose_qparams",
+           "qparams_from_minmax", "qparams_from_amax", "quantize", "dequantize", "fake_quant",
+           "RefquantError", "WeightsFormatError", "ConfigError", "ShapeError", "DTypeError",
+           "NonFiniteError", "MissingTensorError", "__version__"]
