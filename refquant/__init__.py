@@ -8,8 +8,8 @@ Public API v1 (docs/DESIGN.md):
     q = rq.quantize(x, qp); y = rq.dequantize(q, qp); y = rq.fake_quant(x, qp)
 """
 from .dialects import DIALECTS, dialect, dialect_doc
-from .errors import (ConfigError, DTypeError, MissingTensorError, NonFiniteError, RefquantError,
-                     ShapeError, WeightsFormatError)
+from .errors import (ConfigError, DTypeError, MissingTensorError, NonFiniteError, OutOfRangeError,
+                     RefquantError, ShapeError, WeightsFormatError)
 from .quant import (QParams, choose_qparams, dequantize, fake_quant, qparams_from_amax,
                     qparams_from_minmax, quantize)
 from .spec import QuantSpec
@@ -19,4 +19,4 @@ __version__ = "0.1.0"
 __all__ = ["QuantSpec", "QParams", "dialect", "dialect_doc", "DIALECTS", "choose_qparams",
            "qparams_from_minmax", "qparams_from_amax", "quantize", "dequantize", "fake_quant",
            "RefquantError", "WeightsFormatError", "ConfigError", "ShapeError", "DTypeError",
-           "NonFiniteError", "MissingTensorError", "__version__"]
+           "NonFiniteError", "MissingTensorError", "OutOfRangeError", "__version__"]

@@ -1,6 +1,6 @@
 """refquant's exceptions (defined in weights_io.errors, the top layer, and re-exported here)."""
 from weights_io.errors import (ConfigError, DTypeError, MissingTensorError, NonFiniteError,
-                               RefquantError, ShapeError, WeightsFormatError)
+                               OutOfRangeError, RefquantError, ShapeError, WeightsFormatError)
 
 __all__ = ["RefquantError", "WeightsFormatError", "ConfigError", "ShapeError", "DTypeError",
-           "NonFiniteError", "MissingTensorError"]
+           "NonFiniteError", "MissingTensorError", "OutOfRangeError"]

@@ -72,11 +72,17 @@ class QParams:
             raise ConfigError(f"QParams.zero_point: expected values in [{spec.qmin}, {spec.qmax}], "
                               f"got range [{zp.min()}, {zp.max()}]")
         mult = self.multiplier
+        with np.errstate(divide="ignore", over="ignore"):
+            if spec.mapping == "reciprocal" and scale.size and not np.all(np.isfinite(F32(1) / scale)):
+                raise ConfigError("QParams.scale: with mapping 'reciprocal' 1/scale must be finite in "
+                                  f"float32; the smallest scale {float(scale.min())!r} overflows it")
         if spec.mapping == "multiplier":
             if mult is None:
                 d = F32(_denominator(spec))
                 mult = d / (scale * d)
             mult = np.asarray(mult, dtype=F32)
+            if mult.size and not (np.all(np.isfinite(mult)) and np.all(mult > 0)):
+                raise ConfigError("QParams.multiplier: every multiplier must be finite and > 0")
             if mult.shape != scale.shape:
                 raise ShapeError(f"QParams.multiplier: shape {mult.shape} differs from scale {scale.shape}")
         elif mult is not None:
@@ -239,6 +245,21 @@ def _symmetric_zero_point(spec: QuantSpec) -> int:
     return 2 ** (spec.bits - 1)
 
 
+def _unmappable(scale, amax, d, spec: QuantSpec) -> np.ndarray:
+    """Slices whose mapping factor overflows float32 (1/scale or d/amax = inf for a subnormal
+    scale): x * inf would turn 0 into NaN, so they are treated as degenerate (rule 6)."""
+    if spec.mapping == "reciprocal":
+        return ~np.isfinite(F32(1) / scale)
+    if spec.mapping == "multiplier":
+        return ~np.isfinite(F32(d) / amax) & (amax > 0)
+    return np.zeros(np.shape(scale), bool)
+
+
+def _has_zero_point(spec: QuantSpec) -> bool:
+    """False for specs whose zero point is 0 by construction (signed symmetric, NVIDIA unsigned)."""
+    return not spec.symmetric or _symmetric_zero_point(spec) != 0
+
+
 def qparams_from_minmax(min_val, max_val, spec: QuantSpec) -> QParams:
     """QParams from per-slice minima and maxima (natural shape), as each stack computes them.
 
@@ -270,7 +291,7 @@ def qparams_from_minmax(min_val, max_val, spec: QuantSpec) -> QParams:
             amax = np.maximum(amax, F32(spec.amax_floor))
             scale = amax / d
             scale = np.maximum(scale, F32(spec.scale_floor))
-            degenerate = (amax <= F32(spec.degenerate_amax)) | (scale == 0)
+            degenerate = (amax <= F32(spec.degenerate_amax)) | (scale == 0) | _unmappable(scale, amax, d, spec)
             scale = np.where(degenerate, zero_scale, scale).astype(F32)
             zp = np.full(scale.shape, _symmetric_zero_point(spec), np.int32)
             mult = None
@@ -282,7 +303,8 @@ def qparams_from_minmax(min_val, max_val, spec: QuantSpec) -> QParams:
             mx = np.maximum(mx, F32(0))
         rng = (mx - mn).astype(F32)
         scale = np.maximum(rng / d, F32(spec.scale_floor))
-        degenerate = (rng <= F32(spec.degenerate_amax)) | (scale == 0) | ~np.isfinite(scale)
+        degenerate = ((rng <= F32(spec.degenerate_amax)) | (scale == 0) | ~np.isfinite(scale)
+                      | _unmappable(scale, rng, d, spec))
         scale = np.where(degenerate, zero_scale, scale).astype(F32)
         qmin, qmax = F32(spec.qmin), F32(spec.qmax)
         if spec.zero_point_add == "float_offset":
@@ -382,7 +404,8 @@ def _grid(x: np.ndarray, qp: QParams, name: str) -> np.ndarray:
             r = round_values((y + zp.astype(F32)).astype(F32), spec.rounding)
         elif spec.zero_point_add == "after_round":
             r = round_values(y, spec.rounding)
-            r = r + zp.astype(F32) if np.any(zp) else r
+            if _has_zero_point(spec):  # decided per spec, not per value: -0.0 + 0 would be +0.0
+                r = r + zp.astype(F32)
         else:
             r = round_values(y, spec.rounding)
         return np.clip(r, qmin, qmax).astype(F32)
@@ -419,7 +442,7 @@ def _dequantize_values(qf: np.ndarray, qp: QParams, shape, name: str) -> np.ndar
         return (qf * scale + (-zp).astype(F32) * scale).astype(F32)
     if spec.mapping == "multiplier":
         mult = expand(qp.multiplier, shape, spec, name)
-        return ((qf - zp.astype(F32)) / mult).astype(F32) if np.any(zp) else (qf / mult).astype(F32)
+        return ((qf - zp.astype(F32)) / mult if _has_zero_point(spec) else qf / mult).astype(F32)
     return ((qf - zp.astype(F32)) * scale).astype(F32)
 
 

@@ -90,7 +90,8 @@ def test_every_dtype_round_trips_byte_exactly(tmp_path, dtype):
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(arrays=st.dictionaries(
     st.text(alphabet="abcdefghij._0123456789", min_size=1, max_size=12),
-    hnp.arrays(dtype=st.sampled_from(ALL_NUMPY_DTYPES), shape=hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=5)),
+    hnp.arrays(dtype=st.sampled_from(ALL_NUMPY_DTYPES),
+               shape=hnp.array_shapes(min_dims=0, max_dims=3, min_side=0, max_side=5)),
     max_size=4))
 def test_write_read_round_trip_property(arrays):
     with tempfile.TemporaryDirectory() as directory:
@@ -215,6 +216,10 @@ def test_bf16_write_and_read(tmp_path):
     assert same_bytes(f.get_raw("w"), float32_to_bf16_bits(values))
     assert same_bytes(f.get("w"), bf16_bits_to_float32(float32_to_bf16_bits(values)))
     assert f.get("raw").tolist() == [1.0]
+    # The official parser accepts the header (NumPy itself has no bfloat16 to decode into).
+    from safetensors import safe_open
+    with safe_open(str(path), framework="numpy") as official:
+        assert sorted(official.keys()) == ["raw", "w"]
     # get_raw -> write -> read keeps the bits exactly
     write_safetensors(tmp_path / "again.safetensors", {"w": f.get_raw("w")}, dtypes={"w": "BF16"})
     assert same_bytes(SafetensorsFile(tmp_path / "again.safetensors").get_raw("w"), f.get_raw("w"))
@@ -811,3 +816,14 @@ def test_load_weights_errors(tmp_path):
         load_weights(tmp_path / "ints.safetensors", "llama")["embed_tokens.weight"]
     with pytest.raises(MissingTensorError, match="missing llama weights: 'layers.0.input_layernorm.weight'"):
         load_weights(tmp_path / "ints.safetensors", load_config(LLAMA))
+
+
+def test_configs_built_directly_resolve_defaults_and_validate():
+    assert GPT2Config(vocab_size=10, n_positions=8, n_embd=8, n_layer=1, n_head=2).n_inner == 32
+    llama = LlamaConfig(vocab_size=10, hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=4)
+    assert (llama.num_key_value_heads, llama.head_dim) == (4, 4)
+    with pytest.raises(ConfigError, match="'num_key_value_heads'"):
+        LlamaConfig(vocab_size=10, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                    num_attention_heads=4, num_key_value_heads=3)
+    with pytest.raises(ConfigError, match="divisible"):
+        BertConfig(vocab_size=10, hidden_size=10, num_hidden_layers=1, num_attention_heads=4, intermediate_size=8)

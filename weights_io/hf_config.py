@@ -13,6 +13,7 @@ the field.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from dataclasses import dataclass, field
@@ -78,14 +79,17 @@ class BertConfig:
     source: str = field(default="<dict>", compare=False)
     raw: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
 
+    def __post_init__(self):
+        _check_divides(self.source, "hidden_size", self.hidden_size, "num_attention_heads", self.num_attention_heads)
+
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
 
     @classmethod
     def from_dict(cls, raw: Mapping, source: str = "<dict>") -> "BertConfig":
-        f = lambda name, kind, default=_REQUIRED, **kw: _read_field(raw, source, name, kind, default, **kw)  # noqa: E731
-        config = cls(
+        f = functools.partial(_read_field, raw, source)
+        return cls(
             vocab_size=f("vocab_size", int, positive=True),
             hidden_size=f("hidden_size", int, positive=True),
             num_hidden_layers=f("num_hidden_layers", int, positive=True),
@@ -100,8 +104,6 @@ class BertConfig:
             source=source,
             raw=dict(raw),
         )
-        _check_divides(source, "hidden_size", config.hidden_size, "num_attention_heads", config.num_attention_heads)
-        return config
 
 
 @dataclass(frozen=True)
@@ -109,7 +111,8 @@ class GPT2Config:
     """GPT-2 decoder (``model_type: "gpt2"``).
 
     ``n_inner`` is the MLP width: ``null`` or absent means ``4 * n_embd`` (as in
-    transformers' GPT2MLP), and the resolved number is stored here.
+    transformers' GPT2MLP), and the resolved number is stored here (also when
+    the class is built directly with ``n_inner=None``).
     """
 
     model_type = "gpt2"
@@ -119,7 +122,7 @@ class GPT2Config:
     n_embd: int
     n_layer: int
     n_head: int
-    n_inner: int
+    n_inner: int | None = None
     activation_function: str = "gelu_new"
     layer_norm_epsilon: float = 1e-5
     tie_word_embeddings: bool = True
@@ -128,22 +131,25 @@ class GPT2Config:
     source: str = field(default="<dict>", compare=False)
     raw: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
 
+    def __post_init__(self):
+        if self.n_inner is None:
+            object.__setattr__(self, "n_inner", 4 * self.n_embd)
+        _check_divides(self.source, "n_embd", self.n_embd, "n_head", self.n_head)
+
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
 
     @classmethod
     def from_dict(cls, raw: Mapping, source: str = "<dict>") -> "GPT2Config":
-        f = lambda name, kind, default=_REQUIRED, **kw: _read_field(raw, source, name, kind, default, **kw)  # noqa: E731
-        n_embd = f("n_embd", int, positive=True)
-        n_inner = f("n_inner", int, None, nullable=True, positive=True)
-        config = cls(
+        f = functools.partial(_read_field, raw, source)
+        return cls(
             vocab_size=f("vocab_size", int, positive=True),
             n_positions=f("n_positions", int, positive=True),
-            n_embd=n_embd,
+            n_embd=f("n_embd", int, positive=True),
             n_layer=f("n_layer", int, positive=True),
             n_head=f("n_head", int, positive=True),
-            n_inner=4 * n_embd if n_inner is None else n_inner,
+            n_inner=f("n_inner", int, None, nullable=True, positive=True),
             activation_function=f("activation_function", str, "gelu_new"),
             layer_norm_epsilon=f("layer_norm_epsilon", float, 1e-5, positive=True),
             tie_word_embeddings=f("tie_word_embeddings", bool, True),
@@ -152,8 +158,6 @@ class GPT2Config:
             source=source,
             raw=dict(raw),
         )
-        _check_divides(source, "n_embd", config.n_embd, "n_head", config.n_head)
-        return config
 
 
 @dataclass(frozen=True)
@@ -164,7 +168,8 @@ class LlamaConfig:
     multi-head attention). ``head_dim`` absent or null means
     ``hidden_size // num_attention_heads`` (then the division must be exact);
     when given, it is used as is, as transformers does. ``rope_scaling`` is
-    kept as given (None for plain RoPE).
+    kept as given (None for plain RoPE). The defaults are resolved and checked
+    also when the class is built directly.
     """
 
     model_type = "llama"
@@ -174,8 +179,8 @@ class LlamaConfig:
     intermediate_size: int
     num_hidden_layers: int
     num_attention_heads: int
-    num_key_value_heads: int
-    head_dim: int
+    num_key_value_heads: int | None = None
+    head_dim: int | None = None
     rms_norm_eps: float = 1e-6
     rope_theta: float = 10000.0
     max_position_embeddings: int = 2048
@@ -187,26 +192,27 @@ class LlamaConfig:
     source: str = field(default="<dict>", compare=False)
     raw: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
 
+    def __post_init__(self):
+        if self.num_key_value_heads is None:
+            object.__setattr__(self, "num_key_value_heads", self.num_attention_heads)
+        if self.head_dim is None:
+            _check_divides(self.source, "hidden_size", self.hidden_size,
+                           "num_attention_heads", self.num_attention_heads)
+            object.__setattr__(self, "head_dim", self.hidden_size // self.num_attention_heads)
+        _check_divides(self.source, "num_attention_heads", self.num_attention_heads,
+                       "num_key_value_heads", self.num_key_value_heads)
+
     @classmethod
     def from_dict(cls, raw: Mapping, source: str = "<dict>") -> "LlamaConfig":
-        f = lambda name, kind, default=_REQUIRED, **kw: _read_field(raw, source, name, kind, default, **kw)  # noqa: E731
-        hidden_size = f("hidden_size", int, positive=True)
-        heads = f("num_attention_heads", int, positive=True)
-        kv_heads = f("num_key_value_heads", int, None, nullable=True, positive=True)
-        kv_heads = heads if kv_heads is None else kv_heads
-        head_dim = f("head_dim", int, None, nullable=True, positive=True)
-        if head_dim is None:
-            _check_divides(source, "hidden_size", hidden_size, "num_attention_heads", heads)
-            head_dim = hidden_size // heads
-        _check_divides(source, "num_attention_heads", heads, "num_key_value_heads", kv_heads)
+        f = functools.partial(_read_field, raw, source)
         return cls(
             vocab_size=f("vocab_size", int, positive=True),
-            hidden_size=hidden_size,
+            hidden_size=f("hidden_size", int, positive=True),
             intermediate_size=f("intermediate_size", int, positive=True),
             num_hidden_layers=f("num_hidden_layers", int, positive=True),
-            num_attention_heads=heads,
-            num_key_value_heads=kv_heads,
-            head_dim=head_dim,
+            num_attention_heads=f("num_attention_heads", int, positive=True),
+            num_key_value_heads=f("num_key_value_heads", int, None, nullable=True, positive=True),
+            head_dim=f("head_dim", int, None, nullable=True, positive=True),
             rms_norm_eps=f("rms_norm_eps", float, 1e-6, positive=True),
             rope_theta=f("rope_theta", float, 10000.0, positive=True),
             max_position_embeddings=f("max_position_embeddings", int, 2048, positive=True),
@@ -241,12 +247,12 @@ def _family_of(raw: Mapping, source: str) -> str:
     if isinstance(architectures, list):
         for architecture in architectures:
             for prefix, family in _ARCHITECTURE_PREFIXES.items():
-                # The rest must be a transformers head suffix (Model, LMHeadModel, For...), so
-                # that relatives such as BertGenerationEncoder are not taken for BERT.
-                if isinstance(architecture, str) and architecture.startswith(prefix) and (
-                    architecture[len(prefix):] in ("Model", "LMHeadModel") or architecture[len(prefix):].startswith("For")
-                ):
-                    return family
+                if isinstance(architecture, str) and architecture.startswith(prefix):
+                    # The rest must be a transformers head suffix (Model, LMHeadModel, For...), so
+                    # that relatives such as BertGenerationEncoder are not taken for BERT.
+                    suffix = architecture[len(prefix):]
+                    if suffix in ("Model", "LMHeadModel") or suffix.startswith("For"):
+                        return family
     raise ConfigError(
         f"{source}: cannot tell the model family (model_type {model_type!r}, architectures {architectures!r}); "
         f"supported families: {supported}"

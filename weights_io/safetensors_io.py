@@ -265,7 +265,9 @@ def _read_header(path: str) -> tuple[int, dict]:
 
 def _validate_metadata(path: str, metadata) -> dict[str, str]:
     if not isinstance(metadata, dict):
-        raise WeightsFormatError(f"{path}: __metadata__ must be a JSON object of str -> str, got {type(metadata).__name__}")
+        raise WeightsFormatError(
+            f"{path}: __metadata__ must be a JSON object of str -> str, got {type(metadata).__name__}"
+        )
     for key, value in metadata.items():
         if not isinstance(value, str):
             raise WeightsFormatError(
@@ -367,7 +369,8 @@ class SafetensorsFile:
             raise WeightsFormatError(f"{self.path}: no such file")
         self._data_start, header = _read_header(self.path)
         data_size = os.path.getsize(self.path) - self._data_start
-        self.metadata: dict[str, str] = _validate_metadata(self.path, header.pop("__metadata__", {}))
+        metadata = header.pop("__metadata__", None)  # optional in the reference library: null means none
+        self.metadata: dict[str, str] = {} if metadata is None else _validate_metadata(self.path, metadata)
         self._entries = {
             name: _validate_entry(self.path, name, info, data_size) for name, info in header.items()
         }
@@ -520,7 +523,9 @@ def _open_sharded(index_path: str) -> Checkpoint:
         raise WeightsFormatError(f"{index_path}: not valid UTF-8 JSON: {exc}") from None
     weight_map = index.get("weight_map") if isinstance(index, dict) else None
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-        raise WeightsFormatError(f"{index_path}: expected an object with a 'weight_map' of tensor name -> shard file name")
+        raise WeightsFormatError(
+            f"{index_path}: expected an object with a 'weight_map' of tensor name -> shard file name"
+        )
     shards: dict[str, SafetensorsFile] = {}
     files_by_tensor: dict[str, SafetensorsFile] = {}
     for tensor, shard_name in weight_map.items():
@@ -568,7 +573,8 @@ def open_checkpoint(path: str | os.PathLike) -> Checkpoint:
 
     ``path`` may be:
     - a directory holding ``model.safetensors.index.json`` (sharded: each
-      tensor is read from the shard its ``weight_map`` names), else
+      tensor is read from the shard its ``weight_map`` names; the index is
+      authoritative, so shard tensors it does not name are not listed), else
       ``model.safetensors``, else any ``*.safetensors`` files (their union);
       ``config.json`` beside them becomes ``config_path``;
     - a ``.safetensors`` file or a ``*.index.json`` file (``config_path`` is a
