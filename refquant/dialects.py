@@ -70,8 +70,23 @@ def _torch() -> dict:
       denominator "half_range" (-> amax / 127) and scale_floor=2**-12.
     - quint8 affine activations (default_fake_quant): signed=False, symmetric=False.
 
-    stack_artifacts=True: the CPU kernels cast zp + nearbyint(x * inv) to int64 before the
-    clamp, so NaN and +-Inf become INT64_MIN and clamp to qmin.
+    PyTorch is not consistent with itself where the zero point is added (checked against
+    torch 2.13 on x86 by validation/conformance/check_torch.py); pick the operation with
+    ``op=``:
+    - "fake_quantize_per_tensor" / "fake_quantize_per_channel" (and the observers, and the
+      quantized_decomposed ops): nearbyint(x * inv_scale) + zero_point, the default;
+    - "quantize_per_tensor": FBGEMM's LEGACY AVX2 path (QuantUtilsAvx2.cc QuantizeAvx2:
+      _mm256_fmadd_ps(x, inv_scale, zero_point), then round): the zero point is added before
+      rounding inside ONE fused multiply-add (zero_point_add="fma_before_round");
+    - "quantize_per_channel": nearbyint(zero_point + x * inv_scale), not fused
+      (zero_point_add="before_round").
+    They differ only for a nonzero zero point (quint8, affine).
+
+    stack_artifacts=True reproduces each operation's handling of NaN / Inf:
+    fake_quantize_per_tensor: +Inf and huge values saturate, NaN and -Inf -> qmin;
+    fake_quantize_per_channel: the cast to int64 before the clamp sends NaN and +-Inf to qmin;
+    quantize_per_tensor: NaN and +Inf -> qmax (FBGEMM's _mm256_min_ps returns its second
+    operand for NaN). quantize_per_channel's NaN result (0 for qint8) is not reproduced.
     """
     return dict(bits=8, signed=True, symmetric=True, narrow=False, mapping="reciprocal",
                 denominator="half_range", unsigned_symmetric="offset", zero_point_add="after_round",
@@ -115,19 +130,20 @@ def _compressed_tensors() -> dict:
     - quantize: x / scale + zero_point, clamp, round (divide; zero point added *before*
       rounding, which differs from round-then-add at ties when the zero point is odd);
       dequantize (q - zero_point) * scale, computed in float (-0.0 survives).
-    - Groups run along the last (input) dimension, must divide it unless the dimension is
-      shorter than one group.
+    - Groups run along the last (input) dimension and must divide it (0.20.0 also refuses a
+      dimension shorter than one group: forward_helpers.py, helpers.py).
     - All-zero asymmetric input: the stack computes the zero point before the eps fix (0/0 =
       NaN); refquant computes it with the fixed scale (zero point -128).
 
     stack_artifacts=True: NaN propagates in fake_quant; the "token" strategy on a 2-D input
     reduces over dims other than {0, 1}, i.e. over nothing, and falls back to ONE per-tensor
-    scale (compute_dynamic_scales_and_zp).
+    scale (compute_dynamic_scales_and_zp); an all-zero asymmetric slice gets zero point 0 (the
+    NaN zero point cast to int8 on x86).
     """
     return dict(bits=8, signed=True, symmetric=True, narrow=False, mapping="divide",
                 denominator="half_range", zero_point_add="before_round",
                 zero_point_rule="offset_then_round", zero_scale=FLOAT32_EPS,
-                partial_group="if_smaller", fake_quant_domain="float", axis=None)
+                partial_group="refuse", fake_quant_domain="float", axis=None)
 
 
 def _q8bert() -> dict:
@@ -169,7 +185,7 @@ _ASYM_DEEPSPEED = dict(signed=False, include_zero=False, zero_point_add="float_o
 
 _PRESETS = {
     "onnx": (_onnx, "onnx_int32_cast"),
-    "torch": (_torch, "torch_int64_cast"),
+    "torch": (_torch, None),  # chosen per op in dialect()
     "modelopt": (_modelopt, "propagate"),
     "compressed_tensors": (_compressed_tensors, "propagate"),
     "q8bert": (_q8bert, "propagate"),
@@ -182,11 +198,17 @@ _ALIASES = {"compressed-tensors": "compressed_tensors", "pytorch": "torch",
 DIALECTS = tuple(_PRESETS)
 
 
-def dialect(name: str, stack_artifacts: bool = False, **overrides) -> QuantSpec:
+TORCH_OPS = ("fake_quantize_per_tensor", "fake_quantize_per_channel", "quantize_per_tensor",
+             "quantize_per_channel")
+
+
+def dialect(name: str, stack_artifacts: bool = False, op: str | None = None, **overrides) -> QuantSpec:
     """The QuantSpec preset reproducing stack ``name`` (see each preset's docstring).
 
     name            one of "onnx", "torch", "modelopt", "compressed_tensors", "q8bert", "deepspeed".
     stack_artifacts reproduce the stack's accidental behaviour (non-finite inputs, ...).
+    op              torch only: which PyTorch operation to reproduce (TORCH_OPS); they differ
+                    in where the zero point is added and in what NaN becomes.
     overrides       any QuantSpec field, e.g. granularity="channel", axis=0, bits=4.
     """
     key = _ALIASES.get(name, name)
@@ -196,12 +218,28 @@ def dialect(name: str, stack_artifacts: bool = False, **overrides) -> QuantSpec:
     fields = make()
     if key == "deepspeed" and overrides.get("symmetric") is False:
         fields.update(_ASYM_DEEPSPEED)
+    if op is not None and key != "torch":
+        raise ConfigError(f"dialect {key!r} has no op= variants (only 'torch' does)")
+    if key == "torch":
+        if op is None:
+            op = ("fake_quantize_per_channel" if overrides.get("granularity") == "channel"
+                  else "fake_quantize_per_tensor")
+        if op not in TORCH_OPS:
+            raise ConfigError(f"dialect 'torch': unknown op {op!r}; known: {', '.join(TORCH_OPS)}")
+        fields["zero_point_add"] = {"quantize_per_tensor": "fma_before_round",
+                                    "quantize_per_channel": "before_round"}.get(op, "after_round")
+        artifact_mode = {"fake_quantize_per_tensor": "nan_to_qmin", "fake_quantize_per_channel":
+                         "torch_int64_cast", "quantize_per_tensor": "nan_to_qmax"}.get(op)
+        if stack_artifacts and artifact_mode is None and "nonfinite" not in overrides:
+            raise ConfigError("dialect 'torch', op 'quantize_per_channel': its NaN/Inf behaviour "
+                              "(NaN -> 0 for qint8 in torch 2.13) is not reproduced")
     fields.update(overrides)
     fields.setdefault("dialect", key)
     if stack_artifacts:
         fields.setdefault("nonfinite", artifact_mode)
         if key == "compressed_tensors":
             fields.setdefault("token_2d_per_tensor", True)
+            fields.setdefault("degenerate_zero_point", "zero")
     fields["stack_artifacts"] = stack_artifacts
     return QuantSpec(**fields)
 
@@ -215,4 +253,4 @@ def dialect_doc(name: str) -> str:
     return inspect.getdoc(_PRESETS[key][0])
 
 
-__all__ = ["dialect", "dialect_doc", "DIALECTS"]
+__all__ = ["dialect", "dialect_doc", "DIALECTS", "TORCH_OPS"]

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from weights_io.errors import ConfigError, DTypeError, NonFiniteError, ShapeError
+from weights_io.errors import ConfigError, DTypeError, NonFiniteError, OutOfRangeError, ShapeError
 from .spec import QuantSpec
 
 F32 = np.float32
@@ -68,6 +68,10 @@ class QParams:
                 raise DTypeError(f"QParams.zero_point: expected integers, got dtype {zp.dtype}")
         zp = np.broadcast_to(zp, scale.shape).astype(np.int32) if zp.shape != scale.shape else zp.astype(np.int32)
         spec = self.spec
+        if spec.symmetric and zp.size and np.any(zp != _symmetric_zero_point(spec)):
+            raise ConfigError(f"QParams.zero_point: a symmetric spec fixes the zero point at "
+                              f"{_symmetric_zero_point(spec)}; got {int(zp.reshape(-1)[np.argmax(zp.reshape(-1) != _symmetric_zero_point(spec))])}. "
+                              "For a given nonzero zero point use symmetric=False")
         if spec.zero_point_add != "float_offset" and zp.size and (zp.min() < spec.qmin or zp.max() > spec.qmax):
             raise ConfigError(f"QParams.zero_point: expected values in [{spec.qmin}, {spec.qmax}], "
                               f"got range [{zp.min()}, {zp.max()}]")
@@ -317,6 +321,8 @@ def qparams_from_minmax(min_val, max_val, spec: QuantSpec) -> QParams:
             zp = np.rint(np.clip(qmin - mn / scale, qmin, qmax))
         else:
             zp = np.clip(qmin - np.rint(mn / scale), qmin, qmax)
+        if spec.degenerate_zero_point == "zero":
+            zp = np.where(degenerate, F32(0), zp)
     return QParams(scale, zp.astype(np.int32), spec)
 
 
@@ -402,13 +408,43 @@ def _grid(x: np.ndarray, qp: QParams, name: str) -> np.ndarray:
             return np.clip(_cast_like_x86(v, 64), spec.qmin, spec.qmax).astype(F32)
         if spec.zero_point_add == "before_round":
             r = round_values((y + zp.astype(F32)).astype(F32), spec.rounding)
+        elif spec.zero_point_add == "fma_before_round":
+            factor = (F32(1) / expand(qp.scale, x.shape, spec, name) if spec.mapping == "reciprocal"
+                      else expand(qp.multiplier, x.shape, spec, name))
+            r = round_values(fma_float32(x, factor, zp.astype(F32)), spec.rounding)
         elif spec.zero_point_add == "after_round":
             r = round_values(y, spec.rounding)
             if _has_zero_point(spec):  # decided per spec, not per value: -0.0 + 0 would be +0.0
                 r = r + zp.astype(F32)
         else:
             r = round_values(y, spec.rounding)
-        return np.clip(r, qmin, qmax).astype(F32)
+        out = np.clip(r, qmin, qmax).astype(F32)
+        if spec.nonfinite in ("nan_to_qmin", "nan_to_qmax"):
+            out[np.isnan(out)] = qmin if spec.nonfinite == "nan_to_qmin" else qmax
+        return out
+
+
+def fma_float32(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """float32 fused multiply-add: a * b + c rounded ONCE to float32 (ties to even), exactly.
+
+    a * b of two float32 is exact in float64; TwoSum gives the float64 sum s and its exact
+    error e. Rounding s to float32 is then correct except when s sits exactly halfway between
+    two float32 values while e != 0 (double rounding): then the sign of e picks the side.
+    """
+    p = a.astype(np.float64) * b.astype(np.float64)
+    c64 = c.astype(np.float64)
+    with np.errstate(invalid="ignore", over="ignore"):
+        s = p + c64
+        bb = s - p
+        e = (p - (s - bb)) + (c64 - bb)
+        r = s.astype(F32)
+        r64 = r.astype(np.float64)
+        toward = np.nextafter(r, np.where(s > r64, F32(np.inf), F32(-np.inf)).astype(F32))
+        midpoint = np.isfinite(s) & (r64 != s) & (s == (r64 + toward.astype(np.float64)) / 2) & (e != 0)
+        if np.any(midpoint):
+            lo, hi = np.minimum(r, toward), np.maximum(r, toward)
+            r = np.where(midpoint, np.where(e > 0, hi, lo), r).astype(F32)
+    return r
 
 
 def _checked_input(x, qp: QParams, name: str) -> np.ndarray:
@@ -455,7 +491,7 @@ def dequantize(q, qp: QParams, name: str = "q") -> np.ndarray:
     if q.dtype.kind not in "iu":
         raise DTypeError(f"{name}: expected an integer array, got dtype {q.dtype}")
     if q.size and (q.min() < qp.spec.qmin or q.max() > qp.spec.qmax):
-        raise ConfigError(f"{name}: values must lie in [{qp.spec.qmin}, {qp.spec.qmax}], got "
+        raise OutOfRangeError(f"{name}: values must lie in [{qp.spec.qmin}, {qp.spec.qmax}], got "
                           f"[{q.min()}, {q.max()}]")
     return _dequantize_values(q.astype(F32), qp, q.shape, name)
 

@@ -22,11 +22,12 @@ GROUP_KINDS = ("input", "rows")
 ROUNDINGS = ("half_even", "half_away")
 MAPPINGS = ("divide", "reciprocal", "multiplier")
 DENOMINATORS = ("qmax", "half_range", "pow2")
-ZERO_POINT_ADDS = ("after_round", "before_round", "float_offset")
+ZERO_POINT_ADDS = ("after_round", "before_round", "fma_before_round", "float_offset")
 ZERO_POINT_RULES = ("offset_then_round", "round_then_offset")
 UNSIGNED_SYMMETRIC = ("offset", "nonnegative")
 PARTIAL_GROUPS = ("refuse", "allow", "if_smaller")
-NONFINITE = ("raise", "onnx_int32_cast", "torch_int64_cast", "propagate")
+NONFINITE = ("raise", "onnx_int32_cast", "torch_int64_cast", "nan_to_qmin", "nan_to_qmax", "propagate")
+DEGENERATE_ZERO_POINTS = ("computed", "zero")
 FAKE_QUANT_DOMAINS = ("integer", "float")
 
 FLOAT32_EPS = 1.1920928955078125e-07  # np.finfo(np.float32).eps == torch.finfo(torch.float32).eps
@@ -71,7 +72,10 @@ class QuantSpec:
       unsigned_symmetric  symmetric and unsigned: "offset" (zero_point 2^(b-1), PyTorch quint8) |
                   "nonnegative" (zero_point 0, d = 2^b-1, inputs must be >= 0: NVIDIA).
       zero_point_add  [5] "after_round" rint(x/s) + zp (ONNX, PyTorch) | "before_round"
-                  rint(x/s + zp) (compressed-tensors) | "float_offset" rint((x - (-zp)*s) / s),
+                  rint(x/s + zp) (compressed-tensors, torch.quantize_per_channel) |
+                  "fma_before_round" rint(fma(x, 1/s, zp)): x * (1/s) + zp with ONE float32
+                  rounding (torch.quantize_per_tensor on x86: FBGEMM's LEGACY AVX2 path) |
+                  "float_offset" rint((x - (-zp)*s) / s),
                   dequantize q*s + (-zp)*s (DeepSpeed's AsymQuantizer).
       zero_point_rule  affine zero point: "offset_then_round" rint(clip(qmin - min/s)) (ONNX,
                   compressed-tensors) | "round_then_offset" clip(qmin - rint(min/s)) (PyTorch).
@@ -89,8 +93,12 @@ class QuantSpec:
                     Inf and |x/s| >= 2^31 become INT32_MIN and then qmin) |
                     "torch_int64_cast" (PyTorch's CPU kernels: zp + nearbyint(x*inv) in float,
                     cast to int64 before the clamp: NaN, Inf, |.| >= 2^63 become qmin) |
+                    "nan_to_qmin" / "nan_to_qmax" (Inf and huge values saturate, NaN becomes qmin:
+                    torch.fake_quantize_per_tensor_affine; or qmax: torch.quantize_per_tensor) |
                     "propagate" (float-domain stacks: NaN stays NaN in fake_quant, Inf
                     saturates; quantize to integers still raises).
+      degenerate_zero_point  affine, degenerate slice: "computed" (from the replaced scale) |
+                    "zero" (compressed-tensors computes 0/0 = NaN, which its int8 cast makes 0).
       fake_quant_domain  "integer": fake_quant is dequantize(quantize(x)) (+0.0 for zero) |
                     "float": computed in float like ModelOpt, compressed-tensors, DeepSpeed and
                     Q8BERT (rint(-0.4) = -0.0 survives into the output).
@@ -129,6 +137,7 @@ class QuantSpec:
     dialect: str = ""
     stack_artifacts: bool = False
     token_2d_per_tensor: bool = False
+    degenerate_zero_point: str = "computed"
 
     def __post_init__(self):
         _check_choice("granularity", self.granularity, GRANULARITIES)
@@ -142,6 +151,10 @@ class QuantSpec:
         _check_choice("zero_point_rule", self.zero_point_rule, ZERO_POINT_RULES)
         _check_choice("nonfinite", self.nonfinite, NONFINITE)
         _check_choice("fake_quant_domain", self.fake_quant_domain, FAKE_QUANT_DOMAINS)
+        _check_choice("degenerate_zero_point", self.degenerate_zero_point, DEGENERATE_ZERO_POINTS)
+        if self.zero_point_add == "fma_before_round" and self.mapping == "divide":
+            raise ConfigError("QuantSpec: zero_point_add 'fma_before_round' fuses a multiply; it needs "
+                              "mapping 'reciprocal' or 'multiplier', not 'divide'")
         if not isinstance(self.bits, int) or isinstance(self.bits, bool) or not 2 <= self.bits <= 8:
             raise ConfigError(f"QuantSpec.bits: expected an int in 2..8, got {self.bits!r}")
         if self.narrow and not self.signed:

@@ -3,6 +3,8 @@
 Expected values were computed by the stacks' own code where noted (validation/conformance
 re-checks them against the live libraries); the rest follow from the cited formulas.
 """
+from fractions import Fraction
+
 import numpy as np
 import pytest
 
@@ -54,7 +56,7 @@ def test_onnx_blocked_allows_a_partial_last_block():
 # --- the divide / reciprocal / multiplier mappings (FBGEMM QuantUtils.h comment) -----------
 def test_fbgemm_tie_reciprocal_gives_128_divide_gives_127():
     s, x = F32(0.00214854861), np.array([0.273939937], F32)
-    assert rq.quantize(x, rq.QParams(s, 0, rq.dialect("torch", signed=False))).tolist() == [128]
+    assert rq.quantize(x, rq.QParams(s, 0, rq.dialect("torch", signed=False, symmetric=False))).tolist() == [128]
     assert rq.quantize(x, rq.QParams(s, np.uint8(0), rq.dialect("onnx"))).tolist() == [127]
 
 
@@ -80,10 +82,53 @@ def test_torch_quint8_symmetric_zero_point_128_and_affine_rule():
     assert int(aff.zero_point) == 0 - int(np.rint(F32(-1) / s))
 
 
-def test_torch_int64_cast_artifact_sends_nonfinite_to_qmin():
-    spec = rq.dialect("torch", stack_artifacts=True)
-    x = np.array([np.nan, np.inf, -np.inf, 1.0], F32)
-    assert rq.quantize(x, rq.QParams(F32(0.1), 0, spec)).tolist() == [-128, -128, -128, 10]
+def test_torch_nonfinite_artifacts_per_operation():
+    """Measured on torch 2.13 (x86) by validation/conformance/check_torch.py."""
+    x = np.array([np.nan, np.inf, -np.inf, 1.0, 1e30], F32)
+    per_channel = rq.dialect("torch", op="fake_quantize_per_channel", stack_artifacts=True)
+    assert rq.quantize(x, rq.QParams(F32(0.1), 0, per_channel)).tolist() == [-128, -128, -128, 10, -128]
+    per_tensor = rq.dialect("torch", stack_artifacts=True)
+    assert rq.quantize(x, rq.QParams(F32(0.1), 0, per_tensor)).tolist() == [-128, 127, -128, 10, 127]
+    real = rq.dialect("torch", op="quantize_per_tensor", stack_artifacts=True)
+    assert rq.quantize(x, rq.QParams(F32(0.1), 0, real)).tolist() == [127, 127, -128, 10, 127]
+    with pytest.raises(rq.ConfigError, match="not reproduced"):
+        rq.dialect("torch", op="quantize_per_channel", stack_artifacts=True)
+
+
+def test_torch_quantize_per_tensor_adds_the_zero_point_inside_one_fma():
+    """x = 99.5, s = 1, zp = 95: fake_quantize gives rint(99.5) + 95 = 195; quantize_per_tensor
+    rounds fma(x, 1, 95) = 194.5 to 194; quantize_per_channel rounds 99.5 + 95 the same way."""
+    x = np.array([99.5], F32)
+    ops = {"fake_quantize_per_tensor": 195, "quantize_per_tensor": 194, "quantize_per_channel": 194}
+    for op, expected in ops.items():
+        spec = rq.dialect("torch", op=op, signed=False, symmetric=False)
+        assert rq.quantize(x, rq.QParams(F32(1), 95, spec)).tolist() == [expected], op
+    # the fused rounding matters: x * (1/s) rounded to float32 first lands elsewhere
+    x, s = np.array([0xC3247E15], np.uint32).view(F32), F32(2.0690882)  # -164.49251
+    fused = rq.dialect("torch", op="quantize_per_tensor", signed=False, symmetric=False)
+    assert rq.quantize(x, rq.QParams(s, 100, fused)).tolist() == [21]
+
+
+def round_to_float32_exactly(value: Fraction) -> np.float32:
+    """The float32 nearest to a rational, ties to even (no double rounding through float64)."""
+    r = F32(float(value))
+    candidates = [np.nextafter(r, F32(-np.inf)), r, np.nextafter(r, F32(np.inf))]
+    return min(candidates, key=lambda c: (abs(Fraction(float(c)) - value), int(c.view(np.uint32)) & 1))
+
+
+def test_fma_float32_rounds_once_exactly():
+    u = 2.0 ** -23
+    # a*b = 2^-24 - 2^-70: a*b + c sits a hair below the midpoint of c and its successor; float64
+    # rounds the sum onto the midpoint, and a naive float32 cast would then go up to the even one.
+    a, b, c = np.array([1 + u], F32), np.array([2.0 ** -24 * (1 - u)], F32), np.array([1 + u], F32)
+    assert rq.quant.fma_float32(a, b, c)[0] == F32(1 + u)
+    assert (a.astype(np.float64) * b + c.astype(np.float64)).astype(F32)[0] == F32(1 + 2 * u)
+    rng = np.random.default_rng(0)
+    a, b, c = (rng.standard_normal(3000).astype(F32) for _ in range(3))
+    want = np.array([round_to_float32_exactly(Fraction(float(p)) * Fraction(float(q)) + Fraction(float(r)))
+                     for p, q, r in zip(a, b, c)], F32)
+    got = rq.quant.fma_float32(a, b, c)
+    assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
 
 
 def test_zero_point_order_differs_at_ties_with_odd_zero_point():
@@ -156,7 +201,9 @@ def test_compressed_tensors_zero_scale_becomes_float32_eps_and_groups_must_divid
     spec = rq.dialect("compressed_tensors", granularity="group", group_size=4)
     with pytest.raises(rq.ShapeError):
         rq.choose_qparams(np.ones((2, 6), F32), spec)
-    assert rq.choose_qparams(np.ones((2, 3), F32), spec).scale.shape == (2, 1)  # shorter than a group
+    with pytest.raises(rq.ShapeError):  # 0.20.0 refuses a row shorter than a group too
+        rq.choose_qparams(np.ones((2, 3), F32), spec)
+    assert rq.choose_qparams(np.ones((2, 8), F32), spec).scale.shape == (2, 2)
 
 
 def test_compressed_tensors_token_artifact_2d_is_per_tensor():
@@ -238,9 +285,11 @@ def test_bad_inputs_give_clear_errors():
     with pytest.raises(rq.ConfigError, match="finite and > 0"):
         rq.QParams(F32(0), 0, spec)
     with pytest.raises(rq.ConfigError, match=r"\[-128, 127\]"):
-        rq.QParams(F32(1), 300, spec)
+        rq.QParams(F32(1), 300, spec.replace(symmetric=False))
+    with pytest.raises(rq.ConfigError, match="fixes the zero point at 0; got 6"):
+        rq.QParams(F32(0.25), 6, rq.dialect("torch"))  # once accepted, then ignored by quantize
     qp = rq.choose_qparams(np.ones((3, 4), F32), spec.replace(granularity="channel", axis=0))
     with pytest.raises(rq.ShapeError, match="do not fit"):
         rq.quantize(np.ones((5, 4), F32), qp)
-    with pytest.raises(rq.ConfigError, match="values must lie"):
+    with pytest.raises(rq.OutOfRangeError, match="values must lie"):
         rq.dequantize(np.array([-128], np.int16), rq.QParams(F32(1), 0, spec.replace(narrow=True)))

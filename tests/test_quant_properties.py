@@ -56,8 +56,14 @@ def specs(draw, granularity=None):
     return rq.dialect(base, **fields)
 
 
+EDGE_VALUES = [0.0, -0.0, 0.5, -0.5, 1.5, -2.5, 127.5, -128.5, 127.0, -128.0, 7.5, -8.5, 1e-30, -1000.0]
+
+
 def tensors(min_side=1, max_side=7, ndim=2, elements=None):
-    elements = elements or st.floats(-1000, 1000, width=32, allow_subnormal=False)
+    """Float32 arrays mixing ordinary values with edges: ties at .5, the int8/int4 bounds,
+    signed zeros, tiny and large magnitudes."""
+    elements = elements or st.one_of(st.floats(-1000, 1000, width=32, allow_subnormal=False),
+                                     st.sampled_from(EDGE_VALUES).map(np.float32))
     return hnp.arrays(F32, hnp.array_shapes(min_dims=ndim, max_dims=ndim, min_side=min_side, max_side=max_side),
                       elements=elements)
 

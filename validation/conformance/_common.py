@@ -91,12 +91,13 @@ class Check:
         self.mismatch_cases = 0
         self.notes: list[str] = []
 
-    def case(self, pairs, inputs: dict, spec=None, extra: str = "") -> bool:
+    def case(self, pairs, inputs: dict, spec=None, extra="") -> bool:
         """pairs: [(label, refquant_array, library_array, per_element_inputs_or_None)].
 
         per_element_inputs: dict name -> array of the same shape as the compared array (for
         printing the inputs at the mismatching index), e.g. {"x": x, "scale": scale_full}.
         inputs: the whole inputs of the case (printed in full when small).
+        extra: a line for the report, or a function of the flat mismatching index returning one.
         """
         self.cases += 1
         for label, ref, lib, per_elem in pairs:
@@ -106,8 +107,9 @@ class Check:
             if d is not None:
                 self.mismatch_cases += 1
                 if self.mismatch_report is None:
+                    text = extra(d[0]) if callable(extra) else extra
                     self.mismatch_report = _describe(self.name, self.cases, label, ref, np.asarray(lib),
-                                                     d, per_elem, inputs, spec, extra)
+                                                     d, per_elem, inputs, spec, text)
                 return False
         self.exact += 1
         return True
@@ -366,6 +368,41 @@ def data_for_qparams(rng, shape) -> np.ndarray:
     if n > 3 and rng.random() < 0.3:
         x.reshape(-1)[rng.integers(0, n, max(1, n // 5))] = F32(0)
     return x
+
+
+def splitting_rows(rng, rows: np.ndarray, qmin: int, qmax: int) -> np.ndarray:
+    """Fill each row of a 2-D float32 array with values whose [min, max] makes the two affine
+    zero-point rules disagree: rint(clip(qmin - min/s)) != clip(qmin - rint(min/s)) with
+    s = (max - min) / (qmax - qmin) in float32 (possible when qmin is odd, or when qmin - min/s
+    loses the bits that kept min/s off a tie). Rows of length 1 are left alone."""
+    rows = rows.copy()
+    r, n = rows.shape
+    if n < 2 or qmin == 0:   # qmin = 0: qmin - min/s is exact, the rules never disagree
+        return rows
+    d = F32(qmax - qmin)
+    found = []
+    for _ in range(64):
+        if len(found) >= r:
+            break
+        m = 4096
+        s0 = np.exp(rng.uniform(np.log(1e-4), np.log(10), m))
+        k = rng.integers(0, qmax - qmin, m)
+        eps = rng.choice([-1, 1], m) * 2.0 ** -rng.uniform(10, 24, m)
+        mn = (-(k + 0.5 + eps) * s0).astype(F32)
+        mx = (mn.astype(np.float64) + float(d) * s0).astype(F32)
+        with np.errstate(all="ignore"):
+            s = ((mx - mn).astype(F32) / d).astype(F32)
+            q = (mn / s).astype(F32)
+            a = np.rint(np.clip((F32(qmin) - q).astype(F32), qmin, qmax))
+            b = np.clip(F32(qmin) - np.rint(q), qmin, qmax)
+        sel = np.flatnonzero((a != b) & (mn < 0) & (mx > 0))
+        found += [(mn[i], mx[i]) for i in sel[: r - len(found)]]
+    for i, (mn, mx) in enumerate(found):
+        v = rng.uniform(float(mn), float(mx), n).astype(F32)
+        pos = rng.permutation(n)[:2]
+        v[pos[0]], v[pos[1]] = mn, mx
+        rows[i] = v
+    return rows
 
 
 def zero_slices(rng, x: np.ndarray, axis: int) -> np.ndarray:

@@ -104,7 +104,7 @@ def _types(models: Models):
     return out, notes
 
 
-def _layouts(rng, shape, ndim_ok=True):
+def _layouts(rng, shape):
     """Random layout for a shape: ('tensor',), ('axis', a), ('block', a, B)."""
     r = rng.random()
     if r < 0.3 or len(shape) == 0:
@@ -174,6 +174,16 @@ def check_quantize_linear(rep, models, rng, tname, tinfo, layouts_kind, has_zp=T
     chk = rep.check(name)
     ties = C.TieStats()
     done = 0
+    if layouts_kind == "tensor" and not spec0.signed and spec0.bits == 8:
+        # the FBGEMM example: x / s = 127.49999 (ONNX divides) while x * (1/s) = 127.5
+        x = np.array([C.FBGEMM_X, -C.FBGEMM_X, 0.0], F32)
+        lib = np.asarray(_run_q(models, tt, ("tensor",), x, C.FBGEMM_SCALE, np.array(0), dt, has_zp)).astype(np.int64)
+        qp = rq.QParams(C.FBGEMM_SCALE, 0, spec0)
+        ref = rq.quantize(x, qp)
+        chk.case([("y", ref, lib, {"x": x})], {"x": x, "scale": C.FBGEMM_SCALE, "zero_point": 0}, spec0)
+        chk.notes.append(f"FBGEMM case x={float(C.FBGEMM_X)!r}, s={float(C.FBGEMM_SCALE)!r}, zp 0: library "
+                         f"{int(lib[0])}, refquant {int(ref[0])} (divide: 127.49999 -> 127)")
+        done += 1
     while done < CASES:
         shape = C.ODD_SHAPES[int(rng.integers(len(C.ODD_SHAPES)))]
         if layouts_kind == "tensor":
@@ -355,7 +365,7 @@ def run() -> C.Report:
     check_dynamic_quantize_linear(rep, models, rng)
     check_nonfinite(rep, models, rng, types)
     if rep.checks:
-        rep.checks[0].notes.append(f"onnx {onnx.__version__}, ReferenceEvaluator, opset {models.opset}; "
+        rep.checks[0].notes.insert(0, f"onnx {onnx.__version__}, ReferenceEvaluator, opset {models.opset}; "
                                    f"types tested: {', '.join(types)}" + ("; " + "; ".join(notes) if notes else ""))
     return rep.finish()
 

@@ -31,6 +31,7 @@ import refquant as rq  # noqa: E402
 from refquant.quant import expand  # noqa: E402
 
 F32 = np.float32
+ALT = "diagnostics: the same library results vs refquant with a changed rule (informational)"
 CASES = 600
 OBS_CASES = 300
 
@@ -69,8 +70,8 @@ def _zp(rng, qmin, qmax, shape=()):
 
 def given_spec(zp, **kw):
     """Spec for an explicitly given (scale, zero point) fed to a torch *_affine op: the affine
-    spec (symmetric=False), or the dialect's symmetric default when the zero point is all 0."""
-    return rq.dialect("torch", symmetric=not np.any(zp), **kw)
+    spec (symmetric=False); a symmetric spec fixes its zero point (0, or 128 for quint8)."""
+    return rq.dialect("torch", symmetric=False, **kw)
 
 
 def _x_for(rng, s_full, z_full, qmin, qmax):
@@ -92,6 +93,8 @@ def check_fake_quant_per_tensor(rep, torch, rng, tensor_qparams: bool):
         shape = _shape(rng)
         s = C.random_scale(rng)
         zp = int(_zp(rng, qmin, qmax))
+        if i == 1:   # quint8: the FBGEMM example, x * (1/s) = 127.5 -> 128 (x / s = 127.49999)
+            shape, s, zp = (3,), C.FBGEMM_SCALE, 0
         spec = given_spec(zp, **ov)
         s_full = np.full(shape, s, F32)
         x = _x_for(rng, s_full, np.full(shape, zp), qmin, qmax)
@@ -103,6 +106,14 @@ def check_fake_quant_per_tensor(rep, torch, rng, tensor_qparams: bool):
         else:
             lib = torch.fake_quantize_per_tensor_affine(xt, float(s), zp, qmin, qmax)
         ref = rq.fake_quant(x, rq.QParams(s, zp, spec))
+        if i == 1:
+            x = np.array([C.FBGEMM_X, -C.FBGEMM_X, 0.0], F32)
+            xt = torch.from_numpy(x.copy())
+            lib = (torch.fake_quantize_per_tensor_affine(xt, torch.tensor(s), torch.tensor(zp, dtype=torch.int32), qmin, qmax)
+                   if tensor_qparams else torch.fake_quantize_per_tensor_affine(xt, float(s), zp, qmin, qmax))
+            ref = rq.fake_quant(x, rq.QParams(s, zp, spec))
+            chk.notes.append(f"FBGEMM case x={float(C.FBGEMM_X)!r}, s={float(s)!r}, quint8 zp 0: library "
+                             f"q = {float(lib[0]) / float(s):.0f}, refquant q = {float(ref[0]) / float(s):.0f}")
         chk.case([("y", ref, lib.numpy(), {"x": x, "scale": s, "zero_point": np.int64(zp)})],
                  {"x": x, "scale": s, "zero_point": zp, "quant_min/max": (qmin, qmax), "range": label}, spec)
     chk.notes.append(ties.note())
@@ -141,32 +152,55 @@ def check_quantize_per_tensor(rep, torch, rng, dtype_name):
     ov = dict(signed=dtype_name == "qint8")
     qmin, qmax = rq.dialect("torch", **ov).qmin, rq.dialect("torch", **ov).qmax
     chk_q = rep.check(f"torch quantize_per_tensor {dtype_name} .int_repr()")
-    chk_d = rep.check(f"torch quantize_per_tensor {dtype_name} .dequantize()")
+    chk_d = rep.check(f"torch quantize_per_tensor {dtype_name} .dequantize() (of its int_repr)")
+    chk_b = rep.check(f"torch quantize_per_tensor {dtype_name} .int_repr() vs dialect(zero_point_add='after_round')",
+                      informational=True, section=ALT)
     ties = C.TieStats()
+    explained = {}
     for i in range(CASES):
         # long 1-D tensors too, so that the vectorized (AVX) path and its scalar tail both run
         shape = _shape(rng) if i % 3 else (int(rng.integers(1, 200)),)
         s = C.random_scale(rng)
         zp = int(_zp(rng, qmin, qmax))
-        spec = given_spec(zp, **ov)
+        if i == 0:
+            shape, s, zp = (3,), C.FBGEMM_SCALE, 0
+        spec = given_spec(zp, op="quantize_per_tensor", **ov)
         s_full = np.full(shape, s, F32)
         x = _x_for(rng, s_full, np.full(shape, zp), qmin, qmax)
+        if i == 0:
+            x = np.array([C.FBGEMM_X, -C.FBGEMM_X, 0.0], F32)
         ties.add(x, s_full)
         qt = torch.quantize_per_tensor(torch.from_numpy(x.copy()), float(s), zp, qdtype)
         qp = rq.QParams(s, zp, spec)
         ref_q = rq.quantize(x, qp)
+        lib_q = qt.int_repr().numpy()
         inputs = {"x": x, "scale": s, "zero_point": zp, "dtype": dtype_name}
         per = {"x": x, "scale": s, "zero_point": np.int64(zp)}
-        chk_q.case([("int_repr", ref_q, qt.int_repr().numpy(), per)], inputs, spec)
-        chk_d.case([("dequantize", rq.dequantize(ref_q, qp), qt.dequantize().numpy(), per)], inputs, spec)
+        cand_note = candidates_note(x, s_full, np.full(shape, zp), qmin, qmax, lib_q)
+        chk_q.case([("int_repr", ref_q, lib_q, per)], inputs, spec, extra=cand_note)
+        if i == 0:
+            chk_q.notes.append(f"FBGEMM case x={float(C.FBGEMM_X)!r}, s={float(s)!r}, zp 0: library "
+                               f"{int(lib_q[0])}, refquant {int(ref_q[0])}")
+        for k, v in candidates(x, s_full, zp, qmin, qmax).items():
+            explained[k] = explained.get(k, 0) + int(np.array_equal(v, lib_q.astype(np.float64)))
+        chk_d.case([("dequantize", rq.dequantize(lib_q, qp), qt.dequantize().numpy(), {"q": lib_q})],
+                   {"q": lib_q, "scale": s, "zero_point": zp}, spec)
+        spec_b = spec.replace(zero_point_add="after_round")
+        chk_b.case([("int_repr", rq.quantize(x, rq.QParams(s, zp, spec_b)), lib_q, per)], inputs, spec_b,
+                   extra=cand_note)
     chk_q.notes.append(ties.note())
+    chk_q.notes.append("cases reproduced by each formula (NumPy emulation): "
+                       + "; ".join(f"{k}: {v}/{CASES}" for k, v in explained.items()))
 
 
 def check_quantize_per_channel(rep, torch, rng, dtype_name):
     qdtype = {"qint8": torch.qint8, "quint8": torch.quint8}[dtype_name]
     signed = dtype_name == "qint8"
     chk_q = rep.check(f"torch quantize_per_channel {dtype_name} .int_repr() (axis 0/1/-1)")
-    chk_d = rep.check(f"torch quantize_per_channel {dtype_name} .dequantize()")
+    chk_d = rep.check(f"torch quantize_per_channel {dtype_name} .dequantize() (of its int_repr)")
+    chk_b = rep.check(f"torch quantize_per_channel {dtype_name} .int_repr() vs dialect(zero_point_add='after_round')",
+                      informational=True, section=ALT)
+    explained = {}
     ties = C.TieStats()
     for i in range(CASES):
         shape = _shape(rng)
@@ -176,7 +210,7 @@ def check_quantize_per_channel(rep, torch, rng, dtype_name):
         qmin, qmax = spec0.qmin, spec0.qmax
         scale = np.array([C.random_scale(rng) for _ in range(c)], F32)
         zp = _zp(rng, qmin, qmax, (c,))
-        spec = given_spec(zp, signed=signed, granularity="channel", axis=axis)
+        spec = given_spec(zp, op="quantize_per_channel", signed=signed, granularity="channel", axis=axis)
         s_full = expand(scale, shape, spec)
         z_full = expand(zp, shape, spec)
         x = _x_for(rng, s_full, z_full, qmin, qmax)
@@ -185,11 +219,96 @@ def check_quantize_per_channel(rep, torch, rng, dtype_name):
                                         torch.from_numpy(zp), axis % len(shape), qdtype)
         qp = rq.QParams(scale, zp, spec)
         ref_q = rq.quantize(x, qp)
+        lib_q = qt.int_repr().numpy()
         inputs = {"x": x, "scale": scale, "zero_point": zp, "axis": axis, "dtype": dtype_name}
         per = {"x": x, "scale": s_full, "zero_point": z_full}
-        chk_q.case([("int_repr", ref_q, qt.int_repr().numpy(), per)], inputs, spec)
-        chk_d.case([("dequantize", rq.dequantize(ref_q, qp), qt.dequantize().numpy(), per)], inputs, spec)
+        chk_q.case([("int_repr", ref_q, lib_q, per)], inputs, spec,
+                   extra=candidates_note(x, s_full, z_full, qmin, qmax, lib_q))
+        for k, v in candidates(x, s_full, z_full, qmin, qmax).items():
+            explained[k] = explained.get(k, 0) + int(np.array_equal(v, lib_q.astype(np.float64)))
+        chk_d.case([("dequantize", rq.dequantize(lib_q, qp), qt.dequantize().numpy(),
+                     {"q": lib_q, "scale": s_full, "zero_point": z_full})],
+                   {"q": lib_q, "scale": scale, "zero_point": zp, "axis": axis}, spec)
+        spec_b = spec.replace(zero_point_add="after_round")
+        chk_b.case([("int_repr", rq.quantize(x, rq.QParams(scale, zp, spec_b)), lib_q, per)], inputs, spec_b)
+    chk_q.notes.append("cases reproduced by each formula (NumPy emulation): "
+                       + "; ".join(f"{k}: {v}/{CASES}" for k, v in explained.items()))
     chk_q.notes.append(ties.note())
+
+
+def candidates(x, s, zp, qmin, qmax):
+    """The integer each candidate formula gives, elementwise (x float32, s / zp broadcastable)."""
+    x = np.asarray(x, F32)
+    s = np.asarray(s, F32)
+    zpf = np.asarray(zp, np.float64)
+    inv = (F32(1) / s).astype(F32)
+    with np.errstate(all="ignore"):
+        p = (x * inv).astype(F32)
+        out = {
+            "rint(x*(1/s)) + zp  [refquant torch]": np.rint(p) + zpf,
+            "rint(float32(x*(1/s)) + zp)": np.rint((p + zpf.astype(F32)).astype(F32)),
+            "rint(fma(x, 1/s, zp))": np.rint((x.astype(np.float64) * inv.astype(np.float64) + zpf).astype(F32)),
+            "rint(x/s) + zp": np.rint(x / s) + zpf,
+        }
+    return {k: np.clip(v, qmin, qmax) for k, v in out.items()}
+
+
+def candidates_note(x, s_full, z_full, qmin, qmax, lib_q):
+    """extra= callback for the mismatch report: every candidate formula at the mismatching index."""
+    def note(i):
+        if i is None:
+            return ""
+        xi, si, zi = x.reshape(-1)[i], np.asarray(s_full, F32).reshape(-1)[i], np.asarray(z_full).reshape(-1)[i]
+        got = int(np.asarray(lib_q).reshape(-1)[i])
+        parts = [f"{k} = {int(v)}{'  <- library' if int(v) == got else ''}"
+                 for k, v in candidates(xi, si, zi, qmin, qmax).items()]
+        return "candidate formulas at that index: " + "; ".join(parts)
+    return note
+
+
+def check_decomposed(rep, torch, rng):
+    """torch.ops.quantized_decomposed (the PT2E reference ops, torch/ao/quantization/fx/_decomposed.py)."""
+    import torch.ao.quantization.fx._decomposed  # noqa: F401  (registers the ops)
+    ops = torch.ops.quantized_decomposed
+    c_qt = rep.check("torch quantized_decomposed.quantize_per_tensor")
+    c_dt = rep.check("torch quantized_decomposed.dequantize_per_tensor")
+    c_qc = rep.check("torch quantized_decomposed.quantize_per_channel (axis 0/1/-1)")
+    c_dc = rep.check("torch quantized_decomposed.dequantize_per_channel")
+    for i in range(CASES):
+        label, qmin, qmax, ov = RANGES[i % len(RANGES)]
+        tdt = torch.int8 if ov["signed"] else torch.uint8
+        shape = _shape(rng)
+        s = C.random_scale(rng)
+        zp = int(_zp(rng, qmin, qmax))
+        spec = given_spec(zp, **ov)
+        s_full = np.full(shape, s, F32)
+        x = _x_for(rng, s_full, np.full(shape, zp), qmin, qmax)
+        q_lib = ops.quantize_per_tensor(torch.from_numpy(x.copy()), float(s), zp, qmin, qmax, tdt)
+        qp = rq.QParams(s, zp, spec)
+        inputs = {"x": x, "scale": s, "zero_point": zp, "quant_min/max": (qmin, qmax)}
+        c_qt.case([("q", rq.quantize(x, qp), q_lib.numpy(), {"x": x})], inputs, spec)
+        d_lib = ops.dequantize_per_tensor(q_lib, float(s), zp, qmin, qmax, tdt)
+        c_dt.case([("y", rq.dequantize(q_lib.numpy(), qp), d_lib.numpy(), {"q": q_lib.numpy()})],
+                  {"q": q_lib.numpy(), "scale": s, "zero_point": zp}, spec)
+        # per channel
+        axis = int(rng.choice([0, 1, -1])) if len(shape) > 1 else 0
+        c = shape[axis]
+        scale = np.array([C.random_scale(rng) for _ in range(c)], F32)
+        zpc = _zp(rng, qmin, qmax, (c,))
+        spec_c = given_spec(zpc, granularity="channel", axis=axis, **ov)
+        sc_full = expand(scale, shape, spec_c)
+        zc_full = expand(zpc, shape, spec_c)
+        xc = _x_for(rng, sc_full, zc_full, qmin, qmax)
+        qc_lib = ops.quantize_per_channel(torch.from_numpy(xc.copy()), torch.from_numpy(scale.copy()),
+                                          torch.from_numpy(zpc), axis % len(shape), qmin, qmax, tdt)
+        qpc = rq.QParams(scale, zpc, spec_c)
+        inputs_c = {"x": xc, "scale": scale, "zero_point": zpc, "axis": axis, "quant_min/max": (qmin, qmax)}
+        c_qc.case([("q", rq.quantize(xc, qpc), qc_lib.numpy(), {"x": xc, "scale": sc_full, "zero_point": zc_full})],
+                  inputs_c, spec_c)
+        dc_lib = ops.dequantize_per_channel(qc_lib, torch.from_numpy(scale.copy()), torch.from_numpy(zpc),
+                                            axis % len(shape), qmin, qmax, tdt)
+        c_dc.case([("y", rq.dequantize(qc_lib.numpy(), qpc), dc_lib.numpy(), {"q": qc_lib.numpy()})],
+                  {"q": qc_lib.numpy(), "scale": scale, "zero_point": zpc, "axis": axis}, spec_c)
 
 
 # ---------------------------------------------------------------------------------------
@@ -242,7 +361,7 @@ def check_observers(rep, torch, rng):
         else:
             spec = rq.dialect("torch", granularity="channel", axis=ch_axis, **ov)
         qmin, qmax = spec.qmin, spec.qmax
-        n_zero = 0
+        n_zero = n_split = 0
         for i in range(OBS_CASES):
             shape = _shape(rng, 1 if ch_axis is None else 2)  # PerChannelMinMaxObserver flattens dims 1..: needs 2-D+
             if i == 0:
@@ -253,6 +372,15 @@ def check_observers(rep, torch, rng):
                 x = C.data_for_qparams(rng, shape)
                 if ch_axis is not None:
                     x = C.zero_slices(rng, x, ch_axis)
+                if not spec.symmetric and spec.qmin != 0 and rng.random() < 0.3:
+                    # [min, max] where the two affine zero-point rules round differently
+                    if ch_axis is None:
+                        x = C.splitting_rows(rng, x.reshape(1, -1), qmin, qmax).reshape(shape)
+                    else:
+                        xm = np.moveaxis(x, ch_axis, 0)
+                        xm = C.splitting_rows(rng, xm.reshape(xm.shape[0], -1), qmin, qmax).reshape(xm.shape)
+                        x = np.ascontiguousarray(np.moveaxis(xm, 0, ch_axis))
+                    n_split += 1
             if not np.any(x):
                 n_zero += 1
             obs = make()
@@ -280,7 +408,9 @@ def check_observers(rep, torch, rng):
                       ("fake_quant", ref_fq, fq, per)],
                      {"x": x, "library scale": s_lib, "library zero_point": z_lib,
                       "refquant scale": qp.scale, "refquant zero_point": qp.zero_point}, spec)
-        chk.notes.append(f"{n_zero} all-zero inputs (library scale for them: eps floor)")
+        chk.notes.append(f"{n_zero} all-zero inputs (library scale for them: eps floor)"
+                         + (f"; {n_split} inputs whose [min, max] split the two zero-point rules"
+                            if n_split else ""))
 
 
 # ---------------------------------------------------------------------------------------
@@ -291,7 +421,8 @@ def check_nonfinite(rep, torch, rng):
     c_fpt = rep.check("torch fake_quantize_per_tensor_affine NaN/Inf vs dialect(stack_artifacts=True)", section=sec)
     c_fpc = rep.check("torch fake_quantize_per_channel_affine NaN/Inf vs dialect(stack_artifacts=True)", section=sec)
     c_qpt = rep.check("torch quantize_per_tensor .int_repr() NaN/Inf vs dialect(stack_artifacts=True)", section=sec)
-    c_qpc = rep.check("torch quantize_per_channel .int_repr() NaN/Inf vs dialect(stack_artifacts=True)", section=sec)
+    c_qpc = rep.check("torch quantize_per_channel .int_repr() NaN/Inf vs the per-channel fake-quant artifact "
+                      "(not reproduced: NaN gives 0 for qint8)", informational=True, section=sec)
     raised = rep.check("torch NaN/Inf, default dialect raises NonFiniteError", informational=True, section=sec)
     specials = np.array([np.nan, np.inf, -np.inf, -np.nan], F32)
     for i in range(120):
@@ -304,7 +435,7 @@ def check_nonfinite(rep, torch, rng):
         m = rng.random(flat.size) < 0.3
         m[int(rng.integers(flat.size))] = True
         flat[m] = specials[rng.integers(0, specials.size, int(m.sum()))]
-        spec = given_spec(zp, stack_artifacts=True, **ov)
+        spec = given_spec(zp, stack_artifacts=True, op="fake_quantize_per_tensor", **ov)
         qp = rq.QParams(s, zp, spec)
         inputs = {"x": x, "scale": s, "zero_point": zp, "range": label}
         per = {"x": x}
@@ -312,7 +443,9 @@ def check_nonfinite(rep, torch, rng):
         c_fpt.case([("y", rq.fake_quant(x, qp), lib.numpy(), per)], inputs, spec)
         qd = torch.qint8 if ov["signed"] else torch.quint8
         qt = torch.quantize_per_tensor(torch.from_numpy(x.copy()), float(s), zp, qd)
-        c_qpt.case([("int_repr", rq.quantize(x, qp), qt.int_repr().numpy(), per)], inputs, spec)
+        spec_q = given_spec(zp, stack_artifacts=True, op="quantize_per_tensor", **ov)
+        qpq = rq.QParams(s, zp, spec_q)
+        c_qpt.case([("int_repr", rq.quantize(x, qpq), qt.int_repr().numpy(), per)], inputs, spec_q)
         # per channel, axis 0
         c = shape[0]
         scale = np.array([C.random_scale(rng) for _ in range(c)], F32)
@@ -351,6 +484,7 @@ def run() -> C.Report:
         check_quantize_per_tensor(rep, torch, rng, dt)
     for dt in ("qint8", "quint8"):
         check_quantize_per_channel(rep, torch, rng, dt)
+    check_decomposed(rep, torch, rng)
     check_observers(rep, torch, rng)
     check_nonfinite(rep, torch, rng)
     return rep.finish()
