@@ -106,8 +106,9 @@ def _modelopt() -> dict:
     - narrow_range: False here, as ModelOpt's QuantizerAttributeConfig and pytorch-quantization's
       QuantDescriptor default; _tensor_quant and the CUDA kernel default to True (pass
       narrow=True, as NVIDIA's paper recommends).
-    - amax <= 2^-24 (Python path; the CUDA kernel tests < 2^-24): output 0 (scale 1.0 here,
-      the export's step size for amax 0).
+    - amax <= 2^-24 (Python path; the CUDA kernel tests < 2^-24): the multiplier is set to 0,
+      so every value of that slice becomes 0 (-0.0 for negative x), and the output is divided by
+      1.0 (degenerate_output="zero"; the reported scale is 1.0, the export's step size).
     - unsigned: zero point 0, inputs must be >= 0 (TypeError in the stack, ConfigError here).
     - Computed in float (fake_quant_domain "float"): -0.0 survives.
 
@@ -115,7 +116,8 @@ def _modelopt() -> dict:
     """
     return dict(bits=8, signed=True, symmetric=True, narrow=False, mapping="multiplier",
                 denominator="qmax", unsigned_symmetric="nonnegative",
-                degenerate_amax=2.0 ** -24, zero_scale=1.0, fake_quant_domain="float")
+                degenerate_amax=2.0 ** -24, zero_scale=1.0, degenerate_output="zero",
+                fake_quant_domain="float")
 
 
 def _compressed_tensors() -> dict:
@@ -149,7 +151,9 @@ def _compressed_tensors() -> dict:
 def _q8bert() -> dict:
     """Q8BERT (IntelLabs/nlp-architect nlp_architect/nn/torch/quantization.py).
 
-    - scale (a multiplier in their terms) = (2^(b-1) - 1) / threshold = 127 / max|x|;
+    - scale (a multiplier in their terms) = (2^(b-1) - 1) / threshold = 127 / max|x|, which
+      PyTorch evaluates as threshold.reciprocal() * 127 (``int / tensor`` is __rtruediv__):
+      multiplier_form "reciprocal_times_d", 1 ulp away from 127 / max|x| for some inputs;
       q = round(x * scale).clamp(-127, 127) (narrow; torch.round ties to even);
       dequantize q / scale. Per tensor (weights: max|W| of the whole tensor).
     - Computed in float (fake_quant_domain "float").
@@ -158,7 +162,8 @@ def _q8bert() -> dict:
     - threshold 0 divides by zero in the stack (NaN output); refquant uses scale 1.0.
     """
     return dict(bits=8, signed=True, symmetric=True, narrow=True, mapping="multiplier",
-                denominator="qmax", zero_scale=1.0, fake_quant_domain="float")
+                multiplier_form="reciprocal_times_d", denominator="qmax", zero_scale=1.0,
+                fake_quant_domain="float")
 
 
 def _deepspeed() -> dict:

@@ -42,12 +42,17 @@ class QParams:
     multiplier  float32 array, only for ``mapping="multiplier"``: the d/amax factor that
                 NVIDIA and Q8BERT multiply by (and divide by to dequantize). When QParams are
                 given by hand with a scale only, it is derived as d / float32(scale * d).
+    offset      float32 array, only for ``zero_point_add="float_offset"``: DeepSpeed's float
+                zero point round(min / scale) * scale (it keeps the sign of -0.0, which the
+                integer zero_point = -round(min / scale) cannot). Derived from zero_point when
+                not given.
     """
 
     scale: np.ndarray
     zero_point: np.ndarray
     spec: QuantSpec
     multiplier: np.ndarray | None = None
+    offset: np.ndarray | None = None
 
     def __post_init__(self):
         if not isinstance(self.spec, QuantSpec):
@@ -85,15 +90,24 @@ class QParams:
                 d = F32(_denominator(spec))
                 mult = d / (scale * d)
             mult = np.asarray(mult, dtype=F32)
-            if mult.size and not (np.all(np.isfinite(mult)) and np.all(mult > 0)):
-                raise ConfigError("QParams.multiplier: every multiplier must be finite and > 0")
+            if mult.size and not (np.all(np.isfinite(mult)) and np.all(mult >= 0)):
+                raise ConfigError("QParams.multiplier: every multiplier must be finite and >= 0 "
+                                  "(0: the slice quantizes to zero, as ModelOpt does for amax ~ 0)")
             if mult.shape != scale.shape:
                 raise ShapeError(f"QParams.multiplier: shape {mult.shape} differs from scale {scale.shape}")
         elif mult is not None:
             raise ConfigError("QParams.multiplier is only meaningful with mapping='multiplier'")
+        offset = self.offset
+        if spec.zero_point_add == "float_offset":
+            offset = ((-zp).astype(F32) * scale).astype(F32) if offset is None else np.asarray(offset, F32)
+            if offset.shape != scale.shape:
+                raise ShapeError(f"QParams.offset: shape {offset.shape} differs from scale {scale.shape}")
+        elif offset is not None:
+            raise ConfigError("QParams.offset is only meaningful with zero_point_add='float_offset'")
         object.__setattr__(self, "scale", scale)
         object.__setattr__(self, "zero_point", zp)
         object.__setattr__(self, "multiplier", mult)
+        object.__setattr__(self, "offset", offset)
 
     def __repr__(self):
         def short(a):
@@ -249,13 +263,21 @@ def _symmetric_zero_point(spec: QuantSpec) -> int:
     return 2 ** (spec.bits - 1)
 
 
+def _multiplier(d, amax, spec: QuantSpec) -> np.ndarray:
+    """d / amax in float32, in the order the stack computes it (spec.multiplier_form)."""
+    with np.errstate(divide="ignore", over="ignore"):
+        if spec.multiplier_form == "reciprocal_times_d":
+            return ((F32(1) / amax).astype(F32) * F32(d)).astype(F32)
+        return (F32(d) / amax).astype(F32)
+
+
 def _unmappable(scale, amax, d, spec: QuantSpec) -> np.ndarray:
     """Slices whose mapping factor overflows float32 (1/scale or d/amax = inf for a subnormal
     scale): x * inf would turn 0 into NaN, so they are treated as degenerate (rule 6)."""
     if spec.mapping == "reciprocal":
         return ~np.isfinite(F32(1) / scale)
     if spec.mapping == "multiplier":
-        return ~np.isfinite(F32(d) / amax) & (amax > 0)
+        return ~np.isfinite(_multiplier(d, amax, spec)) & (amax > 0)
     return np.zeros(np.shape(scale), bool)
 
 
@@ -300,7 +322,8 @@ def qparams_from_minmax(min_val, max_val, spec: QuantSpec) -> QParams:
             zp = np.full(scale.shape, _symmetric_zero_point(spec), np.int32)
             mult = None
             if spec.mapping == "multiplier":
-                mult = np.where(degenerate, F32(1) / zero_scale, d / amax).astype(F32)
+                fallback = F32(0) if spec.degenerate_output == "zero" else F32(1) / zero_scale
+                mult = np.where(degenerate, fallback, _multiplier(d, amax, spec)).astype(F32)
             return QParams(scale, zp, spec, mult)
         if spec.include_zero:
             mn = np.minimum(mn, F32(0))
@@ -312,11 +335,12 @@ def qparams_from_minmax(min_val, max_val, spec: QuantSpec) -> QParams:
         scale = np.where(degenerate, zero_scale, scale).astype(F32)
         qmin, qmax = F32(spec.qmin), F32(spec.qmax)
         if spec.zero_point_add == "float_offset":
-            zp = -np.rint(mn / scale)
-            if zp.size and not np.all(np.abs(zp) < 2.0 ** 31):
+            steps = np.rint(mn / scale)  # may be -0.0, and DeepSpeed's offset keeps that sign
+            if steps.size and not np.all(np.abs(steps) < 2.0 ** 31):
                 raise ConfigError("qparams_from_minmax: DeepSpeed-style float zero point "
                                   "-rint(min / scale) does not fit int32 (range too narrow for its "
                                   f"distance from 0: min {float(mn.min())!r}, scale {float(scale.min())!r})")
+            return QParams(scale, (-steps).astype(np.int32), spec, offset=(steps * scale).astype(F32))
         elif spec.zero_point_rule == "offset_then_round":
             zp = np.rint(np.clip(qmin - mn / scale, qmin, qmax))
         else:
@@ -370,8 +394,7 @@ def _map(x: np.ndarray, qp: QParams, name: str):
     zp = expand(qp.zero_point, x.shape, spec, name)
     with np.errstate(divide="ignore", over="ignore", invalid="ignore", under="ignore"):
         if spec.zero_point_add == "float_offset":
-            offset = (-zp).astype(F32) * scale
-            return (x - offset) / scale, scale, zp
+            return (x - expand(qp.offset, x.shape, spec, name)) / scale, scale, zp
         if spec.mapping == "divide":
             y = x / scale
         elif spec.mapping == "reciprocal":
@@ -475,9 +498,10 @@ def _dequantize_values(qf: np.ndarray, qp: QParams, shape, name: str) -> np.ndar
     scale = expand(qp.scale, shape, spec, name)
     zp = expand(qp.zero_point, shape, spec, name)
     if spec.zero_point_add == "float_offset":
-        return (qf * scale + (-zp).astype(F32) * scale).astype(F32)
+        return (qf * scale + expand(qp.offset, shape, spec, name)).astype(F32)
     if spec.mapping == "multiplier":
         mult = expand(qp.multiplier, shape, spec, name)
+        mult = np.where(mult == 0, F32(1), mult)  # a zero multiplier (ModelOpt, amax ~ 0) divides by 1
         return ((qf - zp.astype(F32)) / mult if _has_zero_point(spec) else qf / mult).astype(F32)
     return ((qf - zp.astype(F32)) * scale).astype(F32)
 

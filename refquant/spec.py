@@ -28,6 +28,8 @@ UNSIGNED_SYMMETRIC = ("offset", "nonnegative")
 PARTIAL_GROUPS = ("refuse", "allow", "if_smaller")
 NONFINITE = ("raise", "onnx_int32_cast", "torch_int64_cast", "nan_to_qmin", "nan_to_qmax", "propagate")
 DEGENERATE_ZERO_POINTS = ("computed", "zero")
+DEGENERATE_OUTPUTS = ("scale", "zero")
+MULTIPLIER_FORMS = ("d_over_amax", "reciprocal_times_d")
 FAKE_QUANT_DOMAINS = ("integer", "float")
 
 FLOAT32_EPS = 1.1920928955078125e-07  # np.finfo(np.float32).eps == torch.finfo(torch.float32).eps
@@ -65,6 +67,10 @@ class QuantSpec:
       mapping     [3] x -> q as "divide" rint(x / scale) | "reciprocal" rint(x * (1/scale)),
                   the reciprocal rounded to float32 first | "multiplier" rint(x * (d/amax)) and
                   dequantize q / (d/amax).
+      multiplier_form  how d/amax is computed in float32: "d_over_amax" (one division:
+                  ModelOpt's tensor / tensor) | "reciprocal_times_d" ((1/amax) * d: PyTorch's
+                  ``int / tensor`` is ``tensor.reciprocal() * int``, which Q8BERT's
+                  ``127 / threshold`` hits).
       denominator [4] d in scale = amax / d for symmetric: "qmax" (2^(b-1)-1: NVIDIA, Q8BERT) |
                   "half_range" ((qmax-qmin)/2: 127.5 for full-range int8, PyTorch and
                   compressed-tensors) | "pow2" (2^(b-1): DeepSpeed). Affine: "pow2" divides the
@@ -87,6 +93,9 @@ class QuantSpec:
       degenerate_amax  a slice with amax <= this (or whose scale rounds to 0) gets zero_scale.
       zero_scale    the step size of a degenerate slice: 1.0 by default, so zeros map to the
                     zero point and dequantize exactly.
+      degenerate_output  "scale" (a degenerate slice is quantized with zero_scale) | "zero"
+                    (every value of it becomes 0: ModelOpt sets the multiplier to 0 and divides
+                    by 1.0; mapping "multiplier" only).
       nonfinite     "raise" (NonFiniteError naming the tensor and the first index) |
                     "onnx_int32_cast" (ONNX's reference: rint(x/s) is cast to int32 before the
                     zero point is added (int32 arithmetic, wrapping) and before the clip, so NaN,
@@ -138,6 +147,8 @@ class QuantSpec:
     stack_artifacts: bool = False
     token_2d_per_tensor: bool = False
     degenerate_zero_point: str = "computed"
+    degenerate_output: str = "scale"
+    multiplier_form: str = "d_over_amax"
 
     def __post_init__(self):
         _check_choice("granularity", self.granularity, GRANULARITIES)
@@ -152,6 +163,11 @@ class QuantSpec:
         _check_choice("nonfinite", self.nonfinite, NONFINITE)
         _check_choice("fake_quant_domain", self.fake_quant_domain, FAKE_QUANT_DOMAINS)
         _check_choice("degenerate_zero_point", self.degenerate_zero_point, DEGENERATE_ZERO_POINTS)
+        _check_choice("degenerate_output", self.degenerate_output, DEGENERATE_OUTPUTS)
+        _check_choice("multiplier_form", self.multiplier_form, MULTIPLIER_FORMS)
+        if self.degenerate_output == "zero" and self.mapping != "multiplier":
+            raise ConfigError("QuantSpec: degenerate_output 'zero' is expressed as a zero multiplier; "
+                              "it needs mapping 'multiplier'")
         if self.zero_point_add == "fma_before_round" and self.mapping == "divide":
             raise ConfigError("QuantSpec: zero_point_add 'fma_before_round' fuses a multiply; it needs "
                               "mapping 'reciprocal' or 'multiplier', not 'divide'")

@@ -170,8 +170,10 @@ def test_modelopt_amax_maps_to_127_and_dequantizes_by_dividing():
 
 def test_modelopt_tiny_amax_gives_zero_output_and_float_domain_keeps_negative_zero():
     spec = rq.dialect("modelopt")
-    qp = rq.qparams_from_amax(F32(2.0 ** -25), spec)
-    assert np.all(rq.fake_quant(np.array([2.0 ** -25, -(2.0 ** -26)], F32), qp) == 0)
+    qp = rq.qparams_from_amax(F32(2.0 ** -24), spec)  # <= 2^-24: multiplier 0, every output 0
+    assert qp.multiplier == 0 and qp.scale == 1
+    y = rq.fake_quant(np.array([2.0 ** -25, -(2.0 ** -26), 10.0, -3.0], F32), qp)
+    assert np.all(y == 0) and np.signbit(y).tolist() == [False, True, False, True]
     qp = rq.qparams_from_amax(F32(1.0), spec)
     y = rq.fake_quant(np.array([-0.001], F32), qp)
     assert y[0] == 0 and np.signbit(y[0])  # ModelOpt: round(-0.127) = -0.0, / m stays -0.0
@@ -226,6 +228,18 @@ def test_q8bert_scale_127_over_max_narrow_range():
     assert bits_equal(rq.fake_quant(x, qp), q.astype(F32) / m)
 
 
+def test_q8bert_multiplier_is_reciprocal_times_127_as_torch_computes_int_over_tensor():
+    """nlp-architect's 127 / threshold is threshold.reciprocal() * 127 in PyTorch (1 ulp apart)."""
+    thr = np.array([0.19482636, 0.7, 3.3, 1e-3, 0.0917], F32)
+    rec = (F32(1) / thr) * F32(127)
+    div = F32(127) / thr
+    assert np.any(rec != div)  # the two forms really differ on some of these
+    for t, want in zip(thr, rec):
+        qp = rq.qparams_from_amax(t, rq.dialect("q8bert"))
+        assert bits_equal(qp.multiplier, want)
+        assert bits_equal(rq.qparams_from_amax(t, rq.dialect("modelopt")).multiplier, F32(127) / t)
+
+
 # --- DeepSpeed (ZeroQuant) ------------------------------------------------------------------
 def test_deepspeed_symmetric_clips_the_max_by_one_step():
     x = np.array([1.0, -1.0, 0.5], F32)
@@ -253,6 +267,16 @@ def test_deepspeed_asymmetric_float_zero_point():
     q = np.clip(np.rint((x - zp_f) / scale), 0, 255)
     assert rq.quantize(x, qp).tolist() == q.astype(int).tolist()
     assert bits_equal(rq.fake_quant(x, qp), q * scale + zp_f)
+
+
+def test_deepspeed_asymmetric_offset_keeps_negative_zero():
+    """min / scale in (-0.5, 0): round gives -0.0, DeepSpeed's float zero point is -0.0 * scale,
+    and an output of 0 comes out as -0.0 (an integer zero point could not say so)."""
+    x = np.array([-0.001, 1.0, 0.5, -0.0], F32)
+    qp = rq.choose_qparams(x, rq.dialect("deepspeed", symmetric=False))
+    assert int(qp.zero_point) == 0 and np.signbit(qp.offset)
+    y = rq.fake_quant(np.array([-0.0001], F32), qp)
+    assert y[0] == 0 and np.signbit(y[0])
 
 
 # --- the API --------------------------------------------------------------------------------

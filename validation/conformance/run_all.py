@@ -28,6 +28,8 @@ STACKS = {
     "onnx": ("check_onnx", ("onnx",)),
     "torch": ("check_torch", ("torch",)),
     "compressed_tensors": ("check_compressed_tensors", ("compressed_tensors", "torch")),
+    "modelopt": ("check_modelopt", ("modelopt", "torch")),
+    "papers": ("check_papers", ("torch",)),   # nlp-architect (Q8BERT) and deepspeed (ZeroQuant)
 }
 
 
