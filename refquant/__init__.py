@@ -13,10 +13,12 @@ from .errors import (ConfigError, DTypeError, MissingTensorError, NonFiniteError
 from .quant import (QParams, choose_qparams, dequantize, fake_quant, qparams_from_amax,
                     qparams_from_minmax, quantize)
 from .spec import QuantSpec
+from .models import load
+from . import analysis
 
 __version__ = "0.1.0"
 
-__all__ = ["QuantSpec", "QParams", "dialect", "dialect_doc", "DIALECTS", "choose_qparams",
+__all__ = ["load", "analysis", "QuantSpec", "QParams", "dialect", "dialect_doc", "DIALECTS", "choose_qparams",
            "qparams_from_minmax", "qparams_from_amax", "quantize", "dequantize", "fake_quant",
            "RefquantError", "WeightsFormatError", "ConfigError", "ShapeError", "DTypeError",
            "NonFiniteError", "MissingTensorError", "OutOfRangeError", "__version__"]

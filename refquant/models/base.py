@@ -1,0 +1,158 @@
+"""What every model family shares: its weights, its GEMM sites, its tokenizer, its checks."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from weights_io.errors import ConfigError, DTypeError, OutOfRangeError, ShapeError, WeightsFormatError
+
+from ..nn import linear_forward
+
+F32 = np.float32
+
+
+class Model:
+    """A float32 transformer read from a checkpoint.
+
+    weights   refquant-named float32 arrays (weights_io.load_weights: memory-mapped, read on use)
+    config    the typed HF config (weights_io.hf_config)
+    Every Linear is a named GEMM *site* (its HF module path without the base-model prefix);
+    ``linear(site, x)`` is the one place a site is computed, so a quantized model overrides it.
+    """
+
+    family = ""
+
+    def __init__(self, config, weights, tokenizer=None, source: str = ""):
+        self.config = config
+        self.weights = weights
+        self.tokenizer = tokenizer
+        self.source = source
+        self._cache: dict[str, np.ndarray | None] = {}
+        self._check_weights()
+
+    # -- sites -----------------------------------------------------------------------------
+    def sites(self) -> list[str]:
+        """The GEMM sites in execution order (each has ``site + ".weight"`` of shape [out, in])."""
+        raise NotImplementedError
+
+    def linear(self, site: str, x: np.ndarray) -> np.ndarray:
+        """x @ W.T + b at GEMM site ``site``."""
+        return linear_forward(x, self.w(site + ".weight"), self.w(site + ".bias", optional=True))[0]
+
+    def w(self, name: str, optional: bool = False):
+        """Weight ``name`` as float32 [out, in] (read from the checkpoint once, then kept: a
+        memory map for float32 files, a converted copy otherwise)."""
+        if name not in self._cache:
+            if optional and name not in self.weights:
+                self._cache[name] = None
+            else:
+                self._cache[name] = self.weights[name]
+        return self._cache[name]
+
+    # -- shapes ----------------------------------------------------------------------------
+    def expected_shapes(self) -> dict[str, tuple]:
+        """Every tensor the forward pass reads, with the shape the config implies."""
+        raise NotImplementedError
+
+    def _check_weights(self) -> None:
+        for name, shape in self.expected_shapes().items():
+            if name not in self.weights:
+                self.weights.require([name])  # raises MissingTensorError naming the file
+            got = tuple(self.weights.shape(name))
+            if got != tuple(shape):
+                raise WeightsFormatError(f"{self.source}: tensor {self.weights.hf_name(name)!r} has shape "
+                                         f"{list(got)}, expected {list(shape)} for this config")
+
+    # -- inputs ----------------------------------------------------------------------------
+    def check_inputs(self, input_ids, attention_mask=None):
+        ids = np.asarray(input_ids)
+        if ids.dtype.kind not in "iu":
+            raise DTypeError(f"input_ids: expected integer token ids, got dtype {ids.dtype}")
+        if ids.ndim == 1:
+            ids = ids[None]
+        if ids.ndim != 2:
+            raise ShapeError(f"input_ids: expected [batch, tokens], got shape {list(ids.shape)}")
+        vocab = self.vocab_size
+        if ids.size and (ids.min() < 0 or ids.max() >= vocab):
+            bad = ids[(ids < 0) | (ids >= vocab)].reshape(-1)[0]
+            raise OutOfRangeError(f"input_ids: token id {int(bad)} is outside the vocabulary [0, {vocab})")
+        limit = self.max_positions
+        if limit is not None and ids.shape[1] > limit:
+            raise ShapeError(f"input_ids: {ids.shape[1]} tokens exceed max_position_embeddings={limit}")
+        mask = None
+        if attention_mask is not None:
+            mask = np.asarray(attention_mask)
+            if mask.ndim == 1:
+                mask = mask[None]
+            if mask.shape != ids.shape:
+                raise ShapeError(f"attention_mask: shape {list(mask.shape)} differs from input_ids "
+                                 f"{list(ids.shape)}")
+            if mask.size and not np.all((mask == 0) | (mask == 1)):
+                raise OutOfRangeError("attention_mask: expected only 0 and 1")
+        return ids.astype(np.int64, copy=False), mask
+
+    @property
+    def vocab_size(self) -> int:
+        return self.config.vocab_size
+
+    @property
+    def max_positions(self) -> int | None:
+        return None
+
+    # -- text ------------------------------------------------------------------------------
+    def encode(self, texts, pad_to: int | None = None) -> dict:
+        """Token ids and attention mask from the checkpoint's tokenizer.json (HF convention).
+
+        One text: no padding. Several: padded to the longest (never to the fixed length some
+        shipped tokenizer.json files ask for), or to ``pad_to`` when given.
+        """
+        if self.tokenizer is None:
+            raise ConfigError(f"{self.source}: no tokenizer.json next to the checkpoint")
+        single = isinstance(texts, str)
+        texts = [texts] if single else list(texts)
+        encs = self.tokenizer.encode_batch(texts)
+        lengths = [len(e.ids) for e in encs]
+        width = max(lengths, default=0) if pad_to is None else pad_to
+        if pad_to is not None and max(lengths, default=0) > pad_to:
+            raise ShapeError(f"encode: a text has {max(lengths)} tokens, more than pad_to={pad_to}")
+        pad_id = self.pad_token_id
+        ids = np.full((len(texts), width), pad_id, np.int64)
+        mask = np.zeros((len(texts), width), np.int64)
+        types = np.zeros((len(texts), width), np.int64)
+        for i, e in enumerate(encs):
+            ids[i, :len(e.ids)] = e.ids
+            mask[i, :len(e.ids)] = 1
+            types[i, :len(e.ids)] = e.type_ids
+        out = {"input_ids": ids, "attention_mask": mask}
+        if self.family == "bert":
+            out["token_type_ids"] = types
+        return out
+
+    @property
+    def pad_token_id(self) -> int:
+        pad = self.config.raw.get("pad_token_id") if hasattr(self.config, "raw") else None
+        if pad is None and self.tokenizer is not None and self.tokenizer.padding:
+            pad = self.tokenizer.padding.get("pad_id")
+        return int(pad or 0)
+
+    def __repr__(self):
+        c = self.config
+        return f"{type(self).__name__}({self.source!r}, {len(self.sites())} GEMM sites, vocab {c.vocab_size})"
+
+
+def load_tokenizer(directory: Path | None):
+    """tokenizers.Tokenizer from tokenizer.json, with padding and truncation turned off."""
+    if directory is None:
+        return None
+    path = Path(directory) / "tokenizer.json"
+    if not path.exists():
+        return None
+    from tokenizers import Tokenizer
+    try:
+        tok = Tokenizer.from_file(str(path))
+    except Exception as e:  # the tokenizers library raises its own Exception subclass
+        raise WeightsFormatError(f"{path}: not a readable tokenizer.json ({e})") from None
+    tok.no_padding()
+    tok.no_truncation()
+    return tok

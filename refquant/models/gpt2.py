@@ -1,0 +1,89 @@
+"""GPT-2 (pre-LN decoder, learned positions, tied LM head), as transformers computes it."""
+from __future__ import annotations
+
+import numpy as np
+
+from weights_io.errors import ConfigError
+
+from ..nn import attention_forward, embedding_forward, gelu_erf_forward, gelu_tanh_forward, layer_norm_forward
+from .base import Model
+
+F32 = np.float32
+ACTIVATIONS = {"gelu_new": gelu_tanh_forward, "gelu_pytorch_tanh": gelu_tanh_forward, "gelu": gelu_erf_forward}
+
+
+class GPT2(Model):
+    family = "gpt2"
+
+    def __init__(self, config, weights, tokenizer=None, source=""):
+        if config.activation_function not in ACTIVATIONS:
+            raise ConfigError(f"{source}: activation_function {config.activation_function!r} is not "
+                              f"supported for GPT-2; supported: {', '.join(ACTIVATIONS)}")
+        super().__init__(config, weights, tokenizer, source)
+
+    @property
+    def max_positions(self):
+        return self.config.n_positions
+
+    @property
+    def head_weight(self) -> str:
+        """lm_head.weight when the checkpoint unties it, else the token embedding (tied)."""
+        untied = not self.config.tie_word_embeddings and "lm_head.weight" in self.weights
+        return "lm_head.weight" if untied else "wte.weight"
+
+    def sites(self):
+        out = []
+        for i in range(self.config.n_layer):
+            out += [f"h.{i}.attn.c_attn", f"h.{i}.attn.c_proj", f"h.{i}.mlp.c_fc", f"h.{i}.mlp.c_proj"]
+        return out + ["lm_head"]
+
+    def linear(self, site, x):
+        if site == "lm_head":  # the head is a GEMM site too; its weight may be the embedding
+            return x @ self.w(self.head_weight).T
+        return super().linear(site, x)
+
+    def expected_shapes(self):
+        c = self.config
+        C, I = c.n_embd, c.n_inner
+        shapes = {"wte.weight": (c.vocab_size, C), "wpe.weight": (c.n_positions, C),
+                  "ln_f.weight": (C,), "ln_f.bias": (C,)}
+        dims = {"attn.c_attn": (3 * C, C), "attn.c_proj": (C, C), "mlp.c_fc": (I, C), "mlp.c_proj": (C, I)}
+        for i in range(c.n_layer):
+            for site, (o, n) in dims.items():
+                shapes[f"h.{i}.{site}.weight"] = (o, n)
+                shapes[f"h.{i}.{site}.bias"] = (o,)
+            for ln in ("ln_1", "ln_2"):
+                shapes[f"h.{i}.{ln}.weight"] = (C,)
+                shapes[f"h.{i}.{ln}.bias"] = (C,)
+        if self.head_weight == "lm_head.weight":
+            shapes["lm_head.weight"] = (c.vocab_size, C)
+        return shapes
+
+    def layer_norm(self, name, x):
+        return layer_norm_forward(x, self.w(name + ".weight"), self.w(name + ".bias"),
+                                  self.config.layer_norm_epsilon)[0]
+
+    def attention(self, i, x, mask):
+        B, T, C = x.shape
+        H = self.config.n_head
+        qkv = self.linear(f"h.{i}.attn.c_attn", x)  # [B, T, C] -> [B, T, 3C]
+        q, k, v = (t.reshape(B, T, H, C // H).transpose(0, 2, 1, 3) for t in np.split(qkv, 3, axis=-1))
+        ctx = attention_forward(q, k, v, key_mask=mask, causal=True)[0]
+        return self.linear(f"h.{i}.attn.c_proj", ctx.transpose(0, 2, 1, 3).reshape(B, T, C))
+
+    def mlp(self, i, x):
+        act = ACTIVATIONS[self.config.activation_function]
+        return self.linear(f"h.{i}.mlp.c_proj", act(self.linear(f"h.{i}.mlp.c_fc", x))[0])
+
+    def block(self, i, x, mask):
+        x = x + self.attention(i, self.layer_norm(f"h.{i}.ln_1", x), mask)  # pre-LN
+        return x + self.mlp(i, self.layer_norm(f"h.{i}.ln_2", x))
+
+    def forward(self, input_ids, attention_mask=None):
+        """Logits [B, T, V] (float32). Positions are 0..T-1 (right padding)."""
+        ids, mask = self.check_inputs(input_ids, attention_mask)
+        T = ids.shape[1]
+        x = embedding_forward(ids, self.w("wte.weight"))[0] + self.w("wpe.weight")[:T]
+        for i in range(self.config.n_layer):
+            x = self.block(i, x, mask)
+        return self.linear("lm_head", self.layer_norm("ln_f", x))

@@ -1,0 +1,111 @@
+"""The float32 ops, forward halves. Shapes in trailing comments; B batch, T tokens, C channels,
+H heads, Hkv key/value heads, D head size, V vocabulary."""
+from __future__ import annotations
+
+import numpy as np
+from scipy.special import erf
+
+F32 = np.float32
+MASKED = np.finfo(np.float32).min  # what a masked score becomes (transformers' eager attention)
+
+
+def linear_forward(x, w, b=None):
+    """y = x @ w.T + b. w is [out, in] (every family; GPT-2's Conv1D is transposed at load)."""
+    y = x @ w.T  # [..., in] -> [..., out]
+    if b is not None:
+        y += b
+    return y, (x, w)
+
+
+def embedding_forward(ids, table):
+    """Rows of ``table`` picked by integer ``ids``."""
+    return table[ids], (ids, table.shape)  # [B, T] -> [B, T, C]
+
+
+def layer_norm_forward(x, gamma, beta, eps):
+    """(x - mean) / sqrt(var + eps) * gamma + beta over the last axis; var is the biased one."""
+    mean = x.mean(axis=-1, keepdims=True)
+    xc = x - mean
+    var = np.mean(np.square(xc), axis=-1, keepdims=True)
+    rstd = (1.0 / np.sqrt(var + F32(eps))).astype(F32)
+    xhat = xc * rstd
+    return xhat * gamma + beta, (xhat, rstd, gamma)  # [..., C] -> [..., C]
+
+
+def rms_norm_forward(x, gamma, eps):
+    """x / sqrt(mean(x^2) + eps) * gamma over the last axis (Llama's RMSNorm)."""
+    rstd = (1.0 / np.sqrt(np.mean(np.square(x), axis=-1, keepdims=True) + F32(eps))).astype(F32)
+    xhat = x * rstd
+    return gamma * xhat, (x, rstd, gamma)  # [..., C] -> [..., C]
+
+
+def gelu_erf_forward(x):
+    """0.5 * x * (1 + erf(x / sqrt(2))): BERT's exact GELU."""
+    return F32(0.5) * x * (F32(1) + erf(x * F32(1 / np.sqrt(2)))), (x,)
+
+
+def gelu_tanh_forward(x):
+    """0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3))): GPT-2's "gelu_new"."""
+    inner = F32(np.sqrt(2 / np.pi)) * (x + F32(0.044715) * x * x * x)
+    return F32(0.5) * x * (F32(1) + np.tanh(inner)), (x,)
+
+
+def silu_forward(x):
+    """x * sigmoid(x) (Llama's SwiGLU gate)."""
+    return x / (F32(1) + np.exp(-x)), (x,)
+
+
+def softmax_forward(x, axis=-1):
+    """exp(x - max) / sum(exp(x - max)) along ``axis`` (max-subtracted: no overflow)."""
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    p = e / e.sum(axis=axis, keepdims=True)
+    return p, (p,)
+
+
+def add_forward(a, b):
+    """The residual add."""
+    return a + b, None
+
+
+def rope_tables(positions, head_dim, theta):
+    """cos, sin [T, D] of HF Llama's rotary embedding: inv_freq = theta^(-2i/D) for
+    i < D/2, angles = position * inv_freq, repeated twice along D (the half-split layout)."""
+    inv_freq = (1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.int64).astype(F32) / F32(head_dim)))).astype(F32)
+    angles = np.asarray(positions, F32)[..., None] * inv_freq  # [T] -> [T, D/2]
+    emb = np.concatenate([angles, angles], axis=-1)
+    return np.cos(emb).astype(F32), np.sin(emb).astype(F32)
+
+
+def rope_forward(x, cos, sin):
+    """x * cos + rotate_half(x) * sin, rotate_half([x1, x2]) = [-x2, x1] (halves of D)."""
+    half = x.shape[-1] // 2
+    rotated = np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    return x * cos + rotated * sin, (cos, sin)  # [B, H, T, D] -> [B, H, T, D]
+
+
+def attention_forward(q, k, v, key_mask=None, causal=False):
+    """softmax(q k^T / sqrt(D) + mask) v, per head; grouped-query when H > Hkv.
+
+    q [B, H, T, D], k and v [B, Hkv, S, D] with H a multiple of Hkv (query head h uses
+    key/value head h // (H / Hkv)). key_mask [B, S] (1 = attend) hides padding keys;
+    causal hides keys after the query. Hidden scores become float32's most negative value
+    (a fully hidden row then attends uniformly, as transformers' eager attention does).
+    """
+    B, H, T, D = q.shape
+    Hkv = k.shape[1]
+    group = H // Hkv
+    qg = q.reshape(B, Hkv, group * T, D)  # heads of one group share k, v: one matmul per group
+    scores = (qg @ k.transpose(0, 1, 3, 2)).reshape(B, H, T, k.shape[2])
+    scores *= F32(1 / np.sqrt(D))
+    visible = None
+    if key_mask is not None:
+        visible = (np.asarray(key_mask) != 0)[:, None, None, :]
+    if causal:
+        S = k.shape[2]
+        tri = np.tril(np.ones((T, S), bool), k=S - T)[None, None]
+        visible = tri if visible is None else visible & tri
+    if visible is not None:
+        scores = np.where(visible, scores, MASKED)
+    p, _ = softmax_forward(scores)
+    out = (p.reshape(B, Hkv, group * T, -1) @ v).reshape(B, H, T, D)
+    return out, (q, k, v, p)
