@@ -158,3 +158,17 @@ def test_embedding_and_add_caches():
     assert out.tolist() == [[[9, 10, 11], [0, 1, 2], [9, 10, 11]]] and shape == (4, 3)
     s, cache = nn.add_forward(out, out)
     assert np.array_equal(s, 2 * out) and cache is None
+
+
+def test_fast_gelu_erf_is_bit_identical_to_the_scipy_expression():
+    from refquant.nn.fast_erf import erf_float32
+    grid = (np.arange(-7 * 4096, 7 * 4096 + 1) / 4096).astype(F32)
+    rng = np.random.default_rng(0)
+    edges = np.array([0.0, -0.0, 1e-30, -1e-30, 1e-45, -1e-45, 5.9999995, 6.0, 3e38, -3e38,
+                      np.inf, -np.inf], F32)
+    x = np.concatenate([grid, (rng.standard_normal(300_000) * 3).astype(F32), edges])
+    with np.errstate(over="ignore", invalid="ignore"):
+        for got, want in ((nn.gelu_erf_forward(x)[0], nn.gelu_erf_reference(x)),
+                          (erf_float32(x), erf(x).astype(F32))):
+            assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+    assert np.isnan(nn.gelu_erf_forward(np.array([np.nan], F32))[0][0])
