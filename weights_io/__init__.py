@@ -36,6 +36,7 @@ from weights_io.names import (
     refquant_to_hf,
     required_refquant_names,
 )
+from weights_io.gguf_import import gguf_to_hf_llama
 from weights_io.safetensors_io import (
     Checkpoint,
     SafetensorsFile,
@@ -47,6 +48,7 @@ from weights_io.safetensors_io import (
 )
 
 __all__ = [
+    "gguf_to_hf_llama",
     "RefquantError", "WeightsFormatError", "ConfigError", "ShapeError", "DTypeError",
     "NonFiniteError", "MissingTensorError", "OutOfRangeError",
     "SafetensorsFile", "Checkpoint", "open_checkpoint", "write_safetensors", "refuse_pickle",

