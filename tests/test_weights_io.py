@@ -827,3 +827,17 @@ def test_configs_built_directly_resolve_defaults_and_validate():
                     num_attention_heads=4, num_key_value_heads=3)
     with pytest.raises(ConfigError, match="divisible"):
         BertConfig(vocab_size=10, hidden_size=10, num_hidden_layers=1, num_attention_heads=4, intermediate_size=8)
+
+
+def test_llama_rope_parameters_of_transformers_5_are_read():
+    from weights_io import load_config
+    base = dict(model_type="llama", vocab_size=10, hidden_size=8, intermediate_size=16,
+                num_hidden_layers=1, num_attention_heads=2)
+    cfg = load_config({**base, "rope_parameters": {"rope_theta": 100000.0, "rope_type": "default"}})
+    assert cfg.rope_theta == 100000.0 and cfg.rope_scaling is None
+    cfg = load_config({**base, "rope_theta": 500000.0})
+    assert cfg.rope_theta == 500000.0
+    cfg = load_config({**base, "rope_parameters": {"rope_theta": 500000.0, "rope_type": "llama3", "factor": 8.0}})
+    assert cfg.rope_theta == 500000.0 and cfg.rope_scaling["rope_type"] == "llama3"
+    with pytest.raises(ConfigError, match="disagree"):
+        load_config({**base, "rope_theta": 1.0, "rope_parameters": {"rope_theta": 2.0}})

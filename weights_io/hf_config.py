@@ -204,6 +204,7 @@ class LlamaConfig:
 
     @classmethod
     def from_dict(cls, raw: Mapping, source: str = "<dict>") -> "LlamaConfig":
+        raw = _rope_fields(raw, source)
         f = functools.partial(_read_field, raw, source)
         return cls(
             vocab_size=f("vocab_size", int, positive=True),
@@ -224,6 +225,26 @@ class LlamaConfig:
             source=source,
             raw=dict(raw),
         )
+
+
+def _rope_fields(raw: Mapping, source: str) -> dict:
+    """transformers 5 writes ``rope_parameters: {rope_theta, rope_type, ...}`` instead of the
+    top-level ``rope_theta`` / ``rope_scaling`` of 4.x: read either. A rope_type other than
+    "default" becomes ``rope_scaling`` (so that models refuse what they do not implement)."""
+    params = raw.get("rope_parameters")
+    if params is None:
+        return dict(raw)
+    if not isinstance(params, Mapping):
+        raise ConfigError(f"{source}: rope_parameters: expected an object, got {type(params).__name__}")
+    out = dict(raw)
+    if "rope_theta" in params:
+        if "rope_theta" in raw and raw["rope_theta"] != params["rope_theta"]:
+            raise ConfigError(f"{source}: rope_theta {raw['rope_theta']!r} and rope_parameters.rope_theta "
+                              f"{params['rope_theta']!r} disagree")
+        out["rope_theta"] = params["rope_theta"]
+    if params.get("rope_type", "default") not in ("default", None) and raw.get("rope_scaling") is None:
+        out["rope_scaling"] = dict(params)
+    return out
 
 
 ModelConfig = BertConfig | GPT2Config | LlamaConfig

@@ -16,11 +16,12 @@ SKINNY_ROWS = 64  # below this many rows, w @ x.T streams the weight twice as fa
 
 def linear_forward(x, w, b=None):
     """y = x @ w.T + b. w is [out, in] (every family; GPT-2's Conv1D is transposed at load)."""
-    rows = x.reshape(-1, x.shape[-1])
+    rows = x.reshape(-1, x.shape[-1])  # 2-D: numpy's stacked 3-D @ 2-D path is up to 2x slower
     if rows.shape[0] < SKINNY_ROWS:
-        y = np.ascontiguousarray((w @ rows.T).T).reshape(*x.shape[:-1], w.shape[0])
+        y = np.ascontiguousarray((w @ rows.T).T)
     else:
-        y = x @ w.T  # [..., in] -> [..., out]
+        y = rows @ w.T
+    y = y.reshape(*x.shape[:-1], w.shape[0])  # [..., in] -> [..., out]
     if b is not None:
         y += b
     return y, (x, w)
@@ -105,7 +106,7 @@ def rope_forward(x, cos, sin):
 
 
 def attention_forward(q, k, v, key_mask=None, causal=False):
-    """softmax(q k^T / sqrt(D) + mask) v, per head; grouped-query when H > Hkv.
+    """softmax((q / sqrt(D)) k^T + mask) v, per head; grouped-query when H > Hkv.
 
     q [B, H, T, D], k and v [B, Hkv, S, D] with H a multiple of Hkv (query head h uses
     key/value head h // (H / Hkv)). key_mask [B, S] (1 = attend) hides padding keys;
@@ -115,11 +116,11 @@ def attention_forward(q, k, v, key_mask=None, causal=False):
     B, H, T, D = q.shape
     Hkv = k.shape[1]
     group = H // Hkv
-    qg = np.ascontiguousarray(q).reshape(B, Hkv, group * T, D)  # a group shares k, v: one matmul
+    # 1/sqrt(D) scales q (D columns) rather than the scores (S columns); a group shares k, v
+    qg = (q * F32(1 / np.sqrt(D))).reshape(B, Hkv, group * T, D)
     k = np.ascontiguousarray(k)
     v = np.ascontiguousarray(v)
     scores = (qg @ k.transpose(0, 1, 3, 2)).reshape(B, H, T, k.shape[2])
-    scores *= F32(1 / np.sqrt(D))
     visible = None
     if key_mask is not None:
         visible = (np.asarray(key_mask) != 0)[:, None, None, :]
