@@ -37,8 +37,18 @@ class Model:
         raise NotImplementedError
 
     def linear(self, site: str, x: np.ndarray) -> np.ndarray:
-        """x @ W.T + b at GEMM site ``site``."""
+        """x @ W.T + b at GEMM site ``site`` (a decoder's "lm_head" may use the tied embedding)."""
+        if site == "lm_head":
+            return linear_forward(x, self.w(self.head_weight))[0]
         return linear_forward(x, self.w(site + ".weight"), self.w(site + ".bias", optional=True))[0]
+
+    embedding_weight = ""  # decoders: the token embedding that a tied LM head multiplies by
+
+    @property
+    def head_weight(self) -> str:
+        """lm_head.weight when the checkpoint unties it, else the token embedding (tied)."""
+        untied = not getattr(self.config, "tie_word_embeddings", True) and "lm_head.weight" in self.weights
+        return "lm_head.weight" if untied else self.embedding_weight
 
     def w(self, name: str, optional: bool = False):
         """Weight ``name`` as float32 [out, in] (read from the checkpoint once, then kept: a

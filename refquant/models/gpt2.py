@@ -14,6 +14,7 @@ ACTIVATIONS = {"gelu_new": gelu_tanh_forward, "gelu_pytorch_tanh": gelu_tanh_for
 
 class GPT2(Model):
     family = "gpt2"
+    embedding_weight = "wte.weight"
 
     def __init__(self, config, weights, tokenizer=None, source=""):
         if config.activation_function not in ACTIVATIONS:
@@ -25,22 +26,11 @@ class GPT2(Model):
     def max_positions(self):
         return self.config.n_positions
 
-    @property
-    def head_weight(self) -> str:
-        """lm_head.weight when the checkpoint unties it, else the token embedding (tied)."""
-        untied = not self.config.tie_word_embeddings and "lm_head.weight" in self.weights
-        return "lm_head.weight" if untied else "wte.weight"
-
     def sites(self):
         out = []
         for i in range(self.config.n_layer):
             out += [f"h.{i}.attn.c_attn", f"h.{i}.attn.c_proj", f"h.{i}.mlp.c_fc", f"h.{i}.mlp.c_proj"]
         return out + ["lm_head"]
-
-    def linear(self, site, x):
-        if site == "lm_head":  # the head is a GEMM site too; its weight may be the embedding
-            return x @ self.w(self.head_weight).T
-        return super().linear(site, x)
 
     def expected_shapes(self):
         c = self.config

@@ -14,6 +14,7 @@ F32 = np.float32
 
 class Llama(Model):
     family = "llama"
+    embedding_weight = "embed_tokens.weight"
 
     def __init__(self, config, weights, tokenizer=None, source=""):
         if config.hidden_act != "silu":
@@ -27,11 +28,6 @@ class Llama(Model):
     def max_positions(self):
         return self.config.max_position_embeddings
 
-    @property
-    def head_weight(self) -> str:
-        untied = not self.config.tie_word_embeddings and "lm_head.weight" in self.weights
-        return "lm_head.weight" if untied else "embed_tokens.weight"
-
     def sites(self):
         out = []
         for i in range(self.config.num_hidden_layers):
@@ -39,11 +35,6 @@ class Llama(Model):
             out += [f"{a}.q_proj", f"{a}.k_proj", f"{a}.v_proj", f"{a}.o_proj",
                     f"{m}.gate_proj", f"{m}.up_proj", f"{m}.down_proj"]
         return out + ["lm_head"]
-
-    def linear(self, site, x):
-        if site == "lm_head":
-            return x @ self.w(self.head_weight).T
-        return super().linear(site, x)
 
     def expected_shapes(self):
         c = self.config
