@@ -13,18 +13,11 @@ and finds them identical.
 """
 from __future__ import annotations
 
-import os
-
-import numba
 import numpy as np
-
-if "NUMBA_THREADING_LAYER" not in os.environ:
-    # Numba's OpenMP / TBB pools spin after a parallel loop and starve OpenBLAS's threads
-    # on small machines (MiniLM's forward: 364 -> 282 ms on 2 cores); the workqueue
-    # layer sleeps instead. Set NUMBA_THREADING_LAYER to choose another.
-    numba.config.THREADING_LAYER = "workqueue"
 from numpy.polynomial import chebyshev
 from scipy.special import erf as scipy_erf
+
+from .._numba import numba
 
 PIECE = 0.25
 PIECES = 24          # [0, 6]; erf(z >= 6) is 1.0 in float64 and float32

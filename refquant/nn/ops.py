@@ -6,6 +6,7 @@ import numpy as np
 from scipy.special import erf
 
 from .fast_erf import gelu_erf_float32
+from .fused import layer_norm_rows, masked_softmax_
 
 F32 = np.float32
 MASKED = np.finfo(np.float32).min  # what a masked score becomes (transformers' eager attention)
@@ -33,13 +34,10 @@ def embedding_forward(ids, table):
 
 
 def layer_norm_forward(x, gamma, beta, eps):
-    """(x - mean) / sqrt(var + eps) * gamma + beta over the last axis; var is the biased one."""
-    mean = x.mean(axis=-1, keepdims=True)
-    xc = x - mean
-    var = np.mean(np.square(xc), axis=-1, keepdims=True)
-    rstd = (1.0 / np.sqrt(var + F32(eps))).astype(F32)
-    xhat = xc * rstd
-    return xhat * gamma + beta, (xhat, rstd, gamma)  # [..., C] -> [..., C]
+    """(x - mean) / sqrt(var + eps) * gamma + beta over the last axis; var is the biased one.
+    One fused pass per row, statistics summed in float64 (refquant.nn.fused.layer_norm_rows)."""
+    y, xhat, rstd = layer_norm_rows(x, gamma, beta, eps)
+    return y, (xhat, rstd, gamma)  # [..., C] -> [..., C]
 
 
 def rms_norm_forward(x, gamma, eps):
@@ -121,15 +119,6 @@ def attention_forward(q, k, v, key_mask=None, causal=False):
     k = np.ascontiguousarray(k)
     v = np.ascontiguousarray(v)
     scores = (qg @ k.transpose(0, 1, 3, 2)).reshape(B, H, T, k.shape[2])
-    visible = None
-    if key_mask is not None:
-        visible = (np.asarray(key_mask) != 0)[:, None, None, :]
-    if causal:
-        S = k.shape[2]
-        tri = np.tril(np.ones((T, S), bool), k=S - T)[None, None]
-        visible = tri if visible is None else visible & tri
-    if visible is not None:
-        np.copyto(scores, MASKED, where=~visible)
-    p, _ = softmax_forward(scores, inplace=True)
+    p = masked_softmax_(scores, key_mask, causal)  # in place, one pass per row
     out = (p.reshape(B, Hkv, group * T, -1) @ v).reshape(B, H, T, D)
     return out, (q, k, v, p)
