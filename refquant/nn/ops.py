@@ -116,9 +116,9 @@ def attention_forward(q, k, v, key_mask=None, causal=False):
     group = H // Hkv
     # 1/sqrt(D) scales q (D columns) rather than the scores (S columns); a group shares k, v
     qg = (q * F32(1 / np.sqrt(D))).reshape(B, Hkv, group * T, D)
-    k = np.ascontiguousarray(k)
-    v = np.ascontiguousarray(v)
-    scores = (qg @ k.transpose(0, 1, 3, 2)).reshape(B, H, T, k.shape[2])
+    kt = np.ascontiguousarray(k.transpose(0, 1, 3, 2))  # numpy's batched matmul is 2x faster
+    v = np.ascontiguousarray(v)                         # on contiguous operands (same bits)
+    scores = (qg @ kt).reshape(B, H, T, k.shape[2])
     p = masked_softmax_(scores, key_mask, causal)  # in place, one pass per row
     out = (p.reshape(B, Hkv, group * T, -1) @ v).reshape(B, H, T, D)
     return out, (q, k, v, p)
