@@ -28,6 +28,10 @@ import sys
 
 for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
     os.environ.setdefault(_var, "2")
+# OpenBLAS's idle workers spin for ~2^28 cycles after each GEMM and take the cores that
+# refquant's Numba passes (GELU, layer norm, softmax) need next; 2^4 lets them sleep at once.
+# It must be set before NumPy loads OpenBLAS; the README recommends it (printed below).
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
 import json  # noqa: E402
 import platform  # noqa: E402
@@ -176,7 +180,7 @@ def main() -> int:
     except ImportError:
         torch = None
     out(f"refquant forward bench: all-MiniLM-L6-v2 float32, {platform.machine()} {os.cpu_count()} CPUs, "
-        f"numpy {np.__version__} (OpenBLAS threads {os.environ.get('OPENBLAS_NUM_THREADS')})"
+        f"numpy {np.__version__} (OpenBLAS threads {os.environ.get('OPENBLAS_NUM_THREADS')}, OPENBLAS_THREAD_TIMEOUT={os.environ.get('OPENBLAS_THREAD_TIMEOUT')})"
         + (f", torch {torch.__version__} (2 threads), transformers {transformers.__version__}"
            if torch else ", no torch"))
     out(f"inputs: real text (gensim enwiki excerpt); 8 x {T}: real tokens per row "
