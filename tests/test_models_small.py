@@ -221,3 +221,21 @@ def _lonely(tmp_path, tensors):
     d.mkdir()
     write_safetensors(d / "weights.safetensors", tensors)
     return d / "weights.safetensors"
+
+
+def test_sharded_checkpoint_with_index_loads_like_one_file(tmp_path):
+    path, t = llama_checkpoint(tmp_path / "one")
+    names = sorted(t)
+    shard_dir = tmp_path / "sharded"
+    shard_dir.mkdir()
+    (shard_dir / "config.json").write_text((path / "config.json").read_text())
+    halves = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+    weight_map = {}
+    for fname, part in halves.items():
+        write_safetensors(shard_dir / fname, {n: t[n] for n in part})
+        weight_map.update({n: fname for n in part})
+    (shard_dir / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    ids = np.random.default_rng(4).integers(0, 50, (2, 6))
+    a = rq.load(path).forward(ids)
+    b = rq.load(shard_dir).forward(ids)
+    assert np.array_equal(a.view(np.uint32), b.view(np.uint32))
