@@ -71,7 +71,7 @@ class QParams:
                 zp = zp.astype(np.int64)
             else:
                 raise DTypeError(f"QParams.zero_point: expected integers, got dtype {zp.dtype}")
-        zp = np.broadcast_to(zp, scale.shape).astype(np.int32) if zp.shape != scale.shape else zp.astype(np.int32)
+        zp = np.broadcast_to(zp, scale.shape).astype(np.int32)
         spec = self.spec
         if spec.symmetric and zp.size and np.any(zp != _symmetric_zero_point(spec)):
             raise ConfigError(f"QParams.zero_point: a symmetric spec fixes the zero point at "
@@ -528,12 +528,9 @@ def fake_quant(x, qp: QParams, name: str = "x") -> np.ndarray:
     Q8BERT do): identical values, except that a value rounding to -0.0 stays -0.0 and, with
     nonfinite "propagate", NaN propagates and Inf saturates.
     """
-    spec = qp.spec if isinstance(qp, QParams) else None
-    if spec is not None and spec.fake_quant_domain == "float":
-        if not isinstance(qp, QParams):
-            raise ConfigError(f"{name}: expected QParams, got {type(qp).__name__}")
+    if isinstance(qp, QParams) and qp.spec.fake_quant_domain == "float":
         x = _as_float32(x, name)
-        if spec.nonfinite == "raise":
+        if qp.spec.nonfinite == "raise":
             check_finite(x, name)
         if x.size == 0:
             return np.zeros(x.shape, F32)

@@ -238,8 +238,4 @@ def _positive_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
-def spec_fields() -> list[str]:
-    return [f.name for f in dataclasses.fields(QuantSpec)]
-
-
-__all__ = ["QuantSpec", "FLOAT32_EPS", "spec_fields"]
+__all__ = ["QuantSpec", "FLOAT32_EPS"]

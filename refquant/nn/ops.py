@@ -9,7 +9,6 @@ from .fast_erf import gelu_erf_float32
 from .fused import layer_norm_rows, masked_softmax_
 
 F32 = np.float32
-MASKED = np.finfo(np.float32).min  # what a masked score becomes (transformers' eager attention)
 
 
 SKINNY_ROWS = 64  # below this many rows, w @ x.T streams the weight twice as fast (BLAS GEMV-like)
@@ -72,11 +71,9 @@ def silu_forward(x):
     return x / (F32(1) + np.exp(-x)), (x,)
 
 
-def softmax_forward(x, axis=-1, inplace=False):
-    """exp(x - max) / sum(exp(x - max)) along ``axis`` (max-subtracted: no overflow).
-    inplace=True overwrites x (a scratch buffer of the caller) instead of allocating."""
-    p = x if inplace else x.copy()
-    p -= p.max(axis=axis, keepdims=True)
+def softmax_forward(x, axis=-1):
+    """exp(x - max) / sum(exp(x - max)) along ``axis`` (max-subtracted: no overflow)."""
+    p = x - x.max(axis=axis, keepdims=True)
     np.exp(p, out=p)
     p /= p.sum(axis=axis, keepdims=True)
     return p, (p,)
