@@ -172,3 +172,29 @@ def test_fast_gelu_erf_is_bit_identical_to_the_scipy_expression():
                           (erf_float32(x), erf(x).astype(F32))):
             assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
     assert np.isnan(nn.gelu_erf_forward(np.array([np.nan], F32))[0][0])
+
+
+def test_fast_erf_series_error_is_far_below_its_stated_tolerance():
+    # exactness rests on |series - scipy| <= TOLERANCE; check a 100x margin on dense points
+    import numba
+    from refquant.nn import fast_erf
+    kernel = numba.njit(lambda z, m: np.array([fast_erf._erf_abs64(v, m) for v in z]))
+    rng = np.random.default_rng(3)
+    z = np.concatenate([np.linspace(0, 4, 400_001)[1:-1], rng.uniform(0, 4, 200_000),
+                        10.0 ** rng.uniform(-40, 0.6, 50_000)])
+    rel = np.abs(kernel(z, fast_erf.COEFFS) - erf(z)) / erf(z)
+    assert rel.max() < fast_erf.TOLERANCE / 100
+
+
+def test_fast_erf_hands_near_ties_to_scipy():
+    # the flagged elements (a float32 rounding boundary within TOLERANCE) exist and come out right
+    from refquant.nn import fast_erf
+    x = (np.random.default_rng(4).standard_normal(2_000_000) * 2).astype(F32)
+    out, unsure = np.empty_like(x), np.empty(x.size, np.uint8)
+    fast_erf._erf_kernel(x, out, unsure, fast_erf.COEFFS)
+    flagged = np.flatnonzero(unsure)
+    assert 0 < flagged.size < 1000
+    want = erf(x).astype(F32)
+    assert np.array_equal(fast_erf.erf_float32(x).view(np.uint32), want.view(np.uint32))
+    assert np.array_equal(nn.gelu_erf_forward(x[flagged])[0].view(np.uint32),
+                          nn.gelu_erf_reference(x[flagged]).view(np.uint32))
