@@ -1,6 +1,7 @@
 """refquant's exceptions (defined in weights_io.errors, the top layer, and re-exported here)."""
-from weights_io.errors import (ConfigError, DTypeError, MissingTensorError, NonFiniteError,
-                               OutOfRangeError, RefquantError, ShapeError, WeightsFormatError)
+from weights_io.errors import (CalibrationError, ConfigError, DTypeError, MissingTensorError,
+                               NonFiniteError, OutOfRangeError, RefquantError, ShapeError,
+                               WeightsFormatError)
 
 __all__ = ["RefquantError", "WeightsFormatError", "ConfigError", "ShapeError", "DTypeError",
-           "NonFiniteError", "MissingTensorError", "OutOfRangeError"]
+           "NonFiniteError", "MissingTensorError", "OutOfRangeError", "CalibrationError"]

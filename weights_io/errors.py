@@ -30,6 +30,11 @@ class NonFiniteError(RefquantError, ValueError):
     """A tensor to be quantized holds NaN or Inf (the numeric contract, rule 6)."""
 
 
+class CalibrationError(RefquantError):
+    """Calibration cannot give a result: an observer was asked for its range before it saw any
+    (non-empty) data."""
+
+
 class MissingTensorError(WeightsFormatError, KeyError):
     """A tensor that was asked for is not in the checkpoint."""
 

@@ -12,6 +12,7 @@ import hashlib
 import importlib
 import importlib.util
 import os
+from pathlib import Path
 import subprocess
 import sys
 import time
@@ -30,6 +31,7 @@ STACKS = {
     "compressed_tensors": ("check_compressed_tensors", ("compressed_tensors", "torch")),
     "modelopt": ("check_modelopt", ("modelopt", "torch")),
     "papers": ("check_papers", ("torch",)),   # nlp-architect (Q8BERT) and deepspeed (ZeroQuant)
+    "calib": ("check_calib", ("modelopt", "torch")),   # refquant.calib vs ModelOpt / torch observers / Q8BERT EMA
 }
 
 
@@ -39,10 +41,9 @@ def _refquant_state() -> str:
     import refquant
     pkg = os.path.dirname(refquant.__file__)
     h = hashlib.sha256()
-    for name in sorted(os.listdir(pkg)):
-        if name.endswith(".py"):
-            with open(os.path.join(pkg, name), "rb") as f:
-                h.update(name.encode() + b"\0" + f.read())
+    for path in sorted(Path(pkg).rglob("*.py")):  # subpackages (nn, models, calib) included
+        name = path.relative_to(pkg).as_posix()
+        h.update(name.encode() + b"\0" + path.read_bytes())
     state = f"refquant {refquant.__version__} at {pkg}, sources sha256 {h.hexdigest()[:12]}"
     try:
         out = subprocess.run(["git", "status", "--porcelain", "--", pkg], cwd=pkg, capture_output=True,

@@ -1,0 +1,233 @@
+"""QuantizedModel: a float model with its GEMM sites quantized by a recipe.
+
+``quantize_model(model, recipe, calib=batches)`` quantizes every site's weight once (integer
+values and scales are kept: int8 arrays, int4 values in int8), calibrates static activation
+ranges on ``calib`` (the float model runs; each site's input is observed, after GELU10's clip
+where the recipe asks for it) and returns a QuantizedModel. Its forward is the float model's
+forward with each site computed as
+
+    y = fake_quant(x) @ dequantize(W_q).T + b      (bias "float")
+    y = fake_quant(x) @ dequantize(W_q).T + q_b * (s_x * s_w),
+        q_b = clip(round(b / (s_x * s_w)), -(2^31 - 1), 2^31 - 1)   (bias "int32", Q8BERT)
+
+in float32 NumPy (the fake-quant path; the integer kernels come through the same object).
+Non-GEMM ops (softmax, LayerNorm, GELU, residual adds) stay float32, as in all three papers.
+Quantized embeddings are dequantized tables; with tied embeddings the LM head multiplies by
+the quantized table.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+
+from weights_io.errors import ConfigError, ShapeError
+
+from .nn import linear_forward
+from .quant import QParams, choose_qparams, dequantize, fake_quant, qparams_from_amax, quantize
+from .recipes import Recipe, SiteRule, ffn_second_gemm, recipe as named_recipe
+
+F32 = np.float32
+INT32_LIMIT = 2 ** 31 - 1
+GELU10 = F32(10.0)
+EMBEDDINGS = {"bert": ("embeddings.word_embeddings.weight", "embeddings.position_embeddings.weight"),
+              "gpt2": ("wte.weight", "wpe.weight"), "llama": ("embed_tokens.weight",)}
+
+
+@dataclass
+class QuantizedSite:
+    """One GEMM site: its rule, integer weight and scales, static input range."""
+
+    name: str
+    rule: SiteRule
+    weight_q: np.ndarray | None = None      # int8 [out, in] (int4 values when bits=4)
+    weight_qp: QParams | None = None
+    input_amax: float | None = None         # static activations: the calibrated range
+    input_qp: QParams | None = None
+
+    def weight_scale_per_row(self) -> np.ndarray:
+        """s_w per output row (for the int32 bias): channel scales, or each row's group scale."""
+        qp, out = self.weight_qp, self.weight_q.shape[0]
+        g = qp.spec.granularity
+        if g == "tensor":
+            return np.full(out, qp.scale, F32)
+        if g == "channel":
+            return qp.scale.astype(F32)
+        return np.repeat(qp.scale, out // qp.spec.num_groups).astype(F32)  # row-block groups
+
+
+class QuantizedModel:
+    """A model whose GEMM sites are quantized by ``recipe`` (see the module docstring).
+
+    Everything the float model offers (encode, sentence_embedding, sites, config, family, ...)
+    is available here and runs through the quantized sites.
+    """
+
+    def __init__(self, model, recipe: Recipe, sites: dict, embeddings: dict):
+        self.float_model = model
+        self.recipe = recipe
+        self.quantized_sites = sites            # {site: QuantizedSite}, quantized sites only
+        self.embeddings = embeddings            # {weight name: (int8 table, QParams)}
+        self.saturation = None                  # {site: [saturated, total]} while tracked
+        self.uncalibrated: list[str] = []       # static sites calibration never reached: float
+        self._dequantized: dict[str, np.ndarray] = {}
+        self._net = copy.copy(model)            # shares weights and caches; its linear is ours
+        self._net.linear = self._linear
+        self._net.w = self._w
+
+    def __getattr__(self, name):  # forward, encode, sentence_embedding, sites, family, ...
+        if name.startswith("_") or name in ("float_model", "recipe", "quantized_sites", "embeddings",
+                                            "uncalibrated", "saturation"):
+            raise AttributeError(name)
+        return getattr(self._net, name)
+
+    def forward(self, *args, backend: str = "numpy", **kwargs):
+        if backend != "numpy":
+            raise ConfigError(f"QuantizedModel.forward: backend {backend!r} is not available yet "
+                              "(the fake-quant NumPy path is backend 'numpy')")
+        return self._net.forward(*args, **kwargs)
+
+    def with_float_sites(self, sites) -> "QuantizedModel":
+        """The same quantized state with ``sites`` computed in float (partial quantization)."""
+        keep = {s: q for s, q in self.quantized_sites.items() if s not in set(sites)}
+        out = QuantizedModel(self.float_model, self.recipe.with_float_sites(sites), keep, self.embeddings)
+        out._dequantized = self._dequantized
+        out.uncalibrated = self.uncalibrated
+        return out
+
+    # -- the site computation ------------------------------------------------------------
+    def dequantized_weight(self, site: str) -> np.ndarray:
+        if site not in self._dequantized:
+            q = self.quantized_sites[site]
+            self._dequantized[site] = dequantize(q.weight_q, q.weight_qp, site + ".weight")
+        return self._dequantized[site]
+
+    def input_qparams(self, site: str, x: np.ndarray) -> QParams:
+        q = self.quantized_sites[site]
+        return choose_qparams(x, q.rule.activation, site) if q.rule.activation.dynamic else q.input_qp
+
+    def _linear(self, site: str, x: np.ndarray) -> np.ndarray:
+        q = self.quantized_sites.get(site)
+        if q is None:
+            return type(self._net).linear(self._net, site, x)
+        if self.recipe.gelu10 and ffn_second_gemm(site):
+            x = np.minimum(x, GELU10)
+        rule = q.rule
+        bias = self.float_model.w(site + ".bias", optional=True)
+        qp_x = None
+        if rule.activation is not None:
+            qp_x = self.input_qparams(site, x)
+            if self.saturation is not None:
+                codes = quantize(x, qp_x, site + ".input")
+                sat = np.count_nonzero((codes == rule.activation.qmin) | (codes == rule.activation.qmax))
+                counts = self.saturation.setdefault(site, [0, 0])
+                counts[0] += int(sat)
+                counts[1] += codes.size
+            x = fake_quant(x, qp_x, site + ".input")
+        w = self.dequantized_weight(site) if rule.weight is not None else self.float_model.w(site + ".weight")
+        if rule.bias == "float" or bias is None:
+            return linear_forward(x, w, bias)[0]
+        y = linear_forward(x, w)[0]
+        bias_scale = (qp_x.scale.astype(F32)[..., None] if qp_x.scale.ndim else qp_x.scale.astype(F32)) \
+            * q.weight_scale_per_row()                           # s_x * s_w: [..., out] or [out]
+        q_bias = np.clip(np.rint(bias / bias_scale), -INT32_LIMIT, INT32_LIMIT)
+        return y + (q_bias * bias_scale).astype(F32)
+
+    def _w(self, name: str, optional: bool = False):
+        if name in self.embeddings:
+            table, qp = self.embeddings[name]
+            key = "embedding:" + name
+            if key not in self._dequantized:
+                self._dequantized[key] = dequantize(table, qp, name)
+            return self._dequantized[key]
+        return type(self._net).w(self._net, name, optional)
+
+    def describe(self) -> str:
+        return self.recipe.describe(self.float_model)
+
+    def __repr__(self):
+        return f"QuantizedModel({self.float_model!r}, recipe {self.recipe.name!r}, " \
+               f"{len(self.quantized_sites)} quantized sites)"
+
+
+# ---------------------------------------------------------------------------------------
+# building one
+# ---------------------------------------------------------------------------------------
+def _batches(calib):
+    """Calibration batches as keyword dicts for model.forward (dicts from model.encode, or ids)."""
+    for b in calib:
+        if isinstance(b, dict):
+            yield {k: v for k, v in b.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+        else:
+            yield {"input_ids": np.asarray(b)}
+
+
+def _calibrate(model, recipe: Recipe, plan: dict, calib, progress: bool) -> dict:
+    """Run the float model over ``calib`` and observe each static site's input: {site: amax}."""
+    static = {site: rule for site, rule in plan.items()
+              if rule is not None and rule.activation is not None and not rule.activation.dynamic}
+    if not static:
+        return {}
+    from .calib import make_observer
+    observers = {site: make_observer(rule.calibrator, name=site, **dict(rule.calib_options))
+                 for site, rule in static.items()}
+    if calib is None:
+        raise ConfigError(f"recipe {recipe.name} has static activation ranges: pass calib=batches")
+    net = copy.copy(model)
+
+    def observe(site, x):
+        if site in observers:
+            observers[site].update(np.minimum(x, GELU10) if recipe.gelu10 and ffn_second_gemm(site) else x)
+        return type(model).linear(model, site, x)
+    net.linear = observe
+    batches = list(calib) if not isinstance(calib, list) else calib
+    if not batches:
+        raise ConfigError(f"recipe {recipe.name}: the calibration data is empty")
+    try:
+        from tqdm import tqdm
+        it = tqdm(batches, desc=f"calibrating {recipe.name}", unit="batch", disable=None if progress else True,
+                  leave=False)
+    except ImportError:  # pragma: no cover - tqdm is a core dependency
+        it = batches
+    for kwargs in _batches(it):
+        net.forward(**kwargs)
+    # a site the forward never reaches (BERT's pooler for hidden states) gets no range: None
+    return {site: float(obs.amax()) if obs.batches else None for site, obs in observers.items()}
+
+
+def quantize_model(model, recipe, calib=None, progress: bool = True, **options) -> QuantizedModel:
+    """Quantize ``model``'s GEMM sites by ``recipe`` (a Recipe or a name from RECIPES, with
+    ``options`` passed to refquant.recipes.recipe); static recipes calibrate on ``calib``, an
+    iterable of batches (dicts from model.encode, or token-id arrays). A static site that the
+    calibration forward never reaches (BERT's pooler, which the hidden states do not use) has
+    no range and stays float; ``qm.uncalibrated`` lists such sites."""
+    rec = recipe if isinstance(recipe, Recipe) else named_recipe(recipe, **options)
+    if isinstance(recipe, Recipe) and options:
+        raise ConfigError("quantize_model: options apply to a recipe name, not to a Recipe object")
+    plan = rec.plan(model)
+    amax = _calibrate(model, rec, plan, calib, progress)
+    sites = {}
+    for site, rule in plan.items():
+        if rule is None or (site in amax and amax[site] is None):
+            continue  # float: by the recipe, or never reached during calibration
+        q = QuantizedSite(site, rule)
+        if rule.weight is not None:
+            w = model.w(site + ".weight")
+            q.weight_qp = choose_qparams(w, rule.weight, site + ".weight")
+            q.weight_q = quantize(w, q.weight_qp, site + ".weight")
+        if site in amax:
+            q.input_amax = amax[site]
+            q.input_qp = qparams_from_amax(np.float32(amax[site]), rule.activation)
+        sites[site] = q
+    embeddings = {}
+    if rec.embeddings is not None:
+        for name in EMBEDDINGS.get(model.family, ()):
+            table = model.w(name)
+            if table.ndim != 2:
+                raise ShapeError(f"{name}: expected a 2-D embedding table, got shape {list(table.shape)}")
+            qp = choose_qparams(table, rec.embeddings, name)
+            embeddings[name] = (quantize(table, qp, name), qp)
+    qm = QuantizedModel(model, rec, sites, embeddings)
+    qm.uncalibrated = sorted(site for site, a in amax.items() if a is None)
+    return qm
