@@ -31,6 +31,7 @@ from .recipes import Recipe, SiteRule, ffn_second_gemm, recipe as named_recipe
 F32 = np.float32
 INT32_LIMIT = 2 ** 31 - 1
 GELU10 = F32(10.0)
+ZEROQUANT_GROUPS = {"bert": 48, "gpt2": 64, "llama": 64}  # DeepSpeed's BERT and GPT-2 configs
 EMBEDDINGS = {"bert": ("embeddings.word_embeddings.weight", "embeddings.position_embeddings.weight"),
               "gpt2": ("wte.weight", "wpe.weight"), "llama": ("embed_tokens.weight",)}
 
@@ -199,9 +200,13 @@ def _calibrate(model, recipe: Recipe, plan: dict, calib, progress: bool) -> dict
 def quantize_model(model, recipe, calib=None, progress: bool = True, **options) -> QuantizedModel:
     """Quantize ``model``'s GEMM sites by ``recipe`` (a Recipe or a name from RECIPES, with
     ``options`` passed to refquant.recipes.recipe); static recipes calibrate on ``calib``, an
-    iterable of batches (dicts from model.encode, or token-id arrays). A static site that the
+    iterable of batches (dicts from model.encode, or token-id arrays). ZeroQuant recipes named
+    here default to DeepSpeed's shipped group counts: 48 for BERT, 64 for GPT-2 and Llama
+    (its GPT-2 configs). A static site that the
     calibration forward never reaches (BERT's pooler, which the hidden states do not use) has
     no range and stays float; ``qm.uncalibrated`` lists such sites."""
+    if not isinstance(recipe, Recipe) and recipe.startswith("zeroquant-"):
+        options.setdefault("num_groups", ZEROQUANT_GROUPS.get(model.family, 48))
     rec = recipe if isinstance(recipe, Recipe) else named_recipe(recipe, **options)
     if isinstance(recipe, Recipe) and options:
         raise ConfigError("quantize_model: options apply to a recipe name, not to a Recipe object")

@@ -16,8 +16,9 @@ configs. ``print(recipe(name))`` shows the whole mapping; ``recipe.plan(model)``
     q8bert      Q8BERT static inference: activation thresholds from an EMA (decay 0.9999,
         filled with the first batch's max) over the calibration batches; int32 bias.
     zeroquant-w8a8  ZeroQuant (DeepSpeed arithmetic: scale = max / 2^(b-1)): int8 weights in
-        ``num_groups`` contiguous blocks of output rows (48), per-token dynamic int8
-        activations on every Linear input.
+        ``num_groups`` contiguous blocks of output rows (48; quantize_model uses DeepSpeed's
+        64 for GPT-2 and Llama, as its GPT-2 configs), per-token dynamic int8 activations on
+        every Linear input.
     zeroquant-w4a8, zeroquant-w4a16  the paper's W4/8: int4 FFN weights, int8 attention weights;
         per-token int8 activations, or float activations.
     w8a16-channel, w4a16-g128  weight-only round-to-nearest (compressed-tensors arithmetic):

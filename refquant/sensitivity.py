@@ -46,7 +46,7 @@ def default_metric(family: str):
             keep = np.ones(kl.shape, bool) if mask is None else np.asarray(mask) != 0
             total += float(kl[keep].sum())
             count += int(keep.sum())
-        return -total / max(count, 1)
+        return -(total / max(count, 1)) + 0.0  # + 0.0: no "-0.000000" for identical logits
     return neg_kl
 
 

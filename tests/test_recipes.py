@@ -187,3 +187,10 @@ def test_sensitivity_ranks_sites_and_builds_the_partial_recipe(model):
     assert rep.ranking[0] in rep.table()
     with pytest.raises(rq.ConfigError, match="k must be"):
         rep.partial_recipe(len(rep.ranking) + 1)
+
+
+def test_zeroquant_group_count_follows_deepspeeds_configs_per_family(tmp_path):
+    llama = rq.load(llama_checkpoint(tmp_path)[0])
+    assert rq.quantize_model(llama, "zeroquant-w8a8").recipe.ffn.weight.num_groups == 64
+    assert rq.quantize_model(llama, "zeroquant-w8a8", num_groups=4).recipe.ffn.weight.num_groups == 4
+    assert rq.recipe("zeroquant-w8a8").ffn.weight.num_groups == 48
