@@ -32,8 +32,8 @@ F32 = np.float32
 INT32_LIMIT = 2 ** 31 - 1
 GELU10 = F32(10.0)
 ZEROQUANT_GROUPS = {"bert": 48, "gpt2": 64, "llama": 64}  # DeepSpeed's BERT and GPT-2 configs
-EMBEDDINGS = {"bert": ("embeddings.word_embeddings.weight", "embeddings.position_embeddings.weight"),
-              "gpt2": ("wte.weight", "wpe.weight"), "llama": ("embed_tokens.weight",)}
+EMBEDDINGS = {"bert": {"word": "embeddings.word_embeddings.weight", "position": "embeddings.position_embeddings.weight"},
+              "gpt2": {"word": "wte.weight", "position": "wpe.weight"}, "llama": {"word": "embed_tokens.weight"}}
 
 
 @dataclass
@@ -201,12 +201,13 @@ def quantize_model(model, recipe, calib=None, progress: bool = True, **options) 
     """Quantize ``model``'s GEMM sites by ``recipe`` (a Recipe or a name from RECIPES, with
     ``options`` passed to refquant.recipes.recipe); static recipes calibrate on ``calib``, an
     iterable of batches (dicts from model.encode, or token-id arrays). ZeroQuant recipes named
-    here default to DeepSpeed's shipped group counts: 48 for BERT, 64 for GPT-2 and Llama
-    (its GPT-2 configs). A static site that the
+    here follow DeepSpeed's shipped configs per family: 48 groups and int8 word embeddings for
+    BERT, 64 groups and float embeddings for GPT-2 and Llama (its GPT-2 configs). A static site that the
     calibration forward never reaches (BERT's pooler, which the hidden states do not use) has
     no range and stays float; ``qm.uncalibrated`` lists such sites."""
     if not isinstance(recipe, Recipe) and recipe.startswith("zeroquant-"):
         options.setdefault("num_groups", ZEROQUANT_GROUPS.get(model.family, 48))
+        options.setdefault("quantize_embeddings", model.family == "bert")  # as DeepSpeed's configs
     rec = recipe if isinstance(recipe, Recipe) else named_recipe(recipe, **options)
     if isinstance(recipe, Recipe) and options:
         raise ConfigError("quantize_model: options apply to a recipe name, not to a Recipe object")
@@ -227,7 +228,8 @@ def quantize_model(model, recipe, calib=None, progress: bool = True, **options) 
         sites[site] = q
     embeddings = {}
     if rec.embeddings is not None:
-        for name in EMBEDDINGS.get(model.family, ()):
+        tables = EMBEDDINGS.get(model.family, {})
+        for name in [tables[k] for k in rec.embedding_tables if k in tables]:
             table = model.w(name)
             if table.ndim != 2:
                 raise ShapeError(f"{name}: expected a 2-D embedding table, got shape {list(table.shape)}")

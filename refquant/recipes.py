@@ -18,7 +18,9 @@ configs. ``print(recipe(name))`` shows the whole mapping; ``recipe.plan(model)``
     zeroquant-w8a8  ZeroQuant (DeepSpeed arithmetic: scale = max / 2^(b-1)): int8 weights in
         ``num_groups`` contiguous blocks of output rows (48; quantize_model uses DeepSpeed's
         64 for GPT-2 and Llama, as its GPT-2 configs), per-token dynamic int8 activations on
-        every Linear input.
+        every Linear input; the word embeddings int8 with one scale per row (DeepSpeed's
+        BERT configs quantize word_embeddings token-wise; quantize_model leaves a decoder's
+        embeddings float, as its GPT-2 configs do).
     zeroquant-w4a8, zeroquant-w4a16  the paper's W4/8: int4 FFN weights, int8 attention weights;
         per-token int8 activations, or float activations.
     w8a16-channel, w4a16-g128  weight-only round-to-nearest (compressed-tensors arithmetic):
@@ -26,7 +28,7 @@ configs. ``print(recipe(name))`` shows the whole mapping; ``recipe.plan(model)``
         last group where the input dimension is not a multiple of 128: compressed-tensors
         refuses those, e.g. SmolLM2's 576).
 
-Shared options of ``recipe(name, ...)``: quantize_embeddings (on for Q8BERT), bias ("float" or
+Shared options of ``recipe(name, ...)``: quantize_embeddings (on for Q8BERT and ZeroQuant), bias ("float" or
 "int32"), gelu10 (clip the GELU output feeding the second FFN GEMM at 10, NVIDIA's GELU10 for
 BERT; it applies in calibration and inference), num_groups, percentile, float_sites (sites
 left in float: partial quantization). Quantizing the attention matmuls (QK^T and PV) is off in
@@ -123,6 +125,7 @@ class Recipe:
     ffn: SiteRule | None
     head: SiteRule | None = None
     embeddings: QuantSpec | None = None
+    embedding_tables: tuple = ("word", "position")   # which tables ``embeddings`` applies to
     gelu10: bool = False
     float_sites: frozenset = field(default_factory=frozenset)
 
@@ -155,7 +158,8 @@ class Recipe:
             lines.append(f"  {role:9s} {r.describe() if r else 'float'}")
         lines.append("  lm_head   float")
         emb = self.embeddings
-        lines.append(f"  embeddings {'float' if emb is None else f'int{emb.bits} {emb.dialect} {emb.granularity}'}"
+        tables = "+".join(self.embedding_tables)
+        lines.append(f"  embeddings {'float' if emb is None else f'{tables}: int{emb.bits} {emb.dialect} {emb.granularity}'}"
                      + ("; GELU output clipped at 10 (GELU10)" if self.gelu10 else ""))
         if self.float_sites:
             lines.append(f"  left float: {', '.join(sorted(self.float_sites))}")
@@ -199,7 +203,8 @@ def _zeroquant(ffn_bits, activations, num_groups, bias):
     w = "W8" if ffn_bits == 8 else "W4/8 (int4 FFN, int8 attention)"
     a = "per-token dynamic int8 inputs" if activations else "float inputs"
     return dict(summary=f"ZeroQuant {w}: {num_groups} row-block groups, {a}", attention=attention, ffn=ffn,
-                head=attention, embeddings=dialect("deepspeed", granularity="channel", axis=0))
+                head=attention, embeddings=dialect("deepspeed", granularity="channel", axis=0),
+                embedding_tables=("word",))
 
 
 def _weight_only(bits, group):
@@ -215,7 +220,7 @@ def _weight_only(bits, group):
                 embeddings=dialect("compressed_tensors", granularity="channel", axis=0))
 
 
-_DEFAULT_EMBEDDINGS = {"q8bert", "q8bert-dq"}
+_DEFAULT_EMBEDDINGS = {"q8bert", "q8bert-dq", "zeroquant-w8a8", "zeroquant-w4a8", "zeroquant-w4a16"}
 
 RECIPES = ("nvidia-ptq-max", "nvidia-ptq-entropy", "nvidia-ptq-percentile", "nvidia-ptq-mse", "q8bert-dq",
            "q8bert", "zeroquant-w8a8", "zeroquant-w4a8", "zeroquant-w4a16", "w8a16-channel", "w4a16-g128")
