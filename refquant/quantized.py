@@ -144,6 +144,12 @@ class QuantizedModel:
             return self._dequantized[key]
         return type(self._net).w(self._net, name, optional)
 
+    def save(self, directory):
+        """Write a compressed-tensors-style quantized checkpoint (refquant.checkpoint); load it
+        back, byte for byte, with rq.load_quantized(directory)."""
+        from .checkpoint import save_quantized
+        return save_quantized(self, directory)
+
     def describe(self) -> str:
         return self.recipe.describe(self.float_model)
 

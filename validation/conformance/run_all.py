@@ -32,6 +32,8 @@ STACKS = {
     "modelopt": ("check_modelopt", ("modelopt", "torch")),
     "papers": ("check_papers", ("torch",)),   # nlp-architect (Q8BERT) and deepspeed (ZeroQuant)
     "calib": ("check_calib", ("modelopt", "torch")),   # refquant.calib vs ModelOpt / torch observers / Q8BERT EMA
+    # refquant's quantized checkpoints read by compressed-tensors' own decompressors and by transformers
+    "quantized_checkpoint": ("check_quantized_checkpoint", ("compressed_tensors", "transformers", "torch")),
 }
 
 
