@@ -74,26 +74,40 @@ class QuantizedModel:
         self.uncalibrated: list[str] = []       # static sites calibration never reached: float
         self._dequantized: dict[str, np.ndarray] = {}
         self._net = copy.copy(model)            # shares weights and caches; its linear is ours
-        self._net.linear = self._linear
+        self._net.linear = self._site
         self._net.w = self._w
+        self.backend = "numba"                  # forward's default; see forward()
+        self._kernel_weights: dict = {}         # {(backend, site): weights in that kernel's layout}
 
     def __getattr__(self, name):  # forward, encode, sentence_embedding, sites, family, ...
         if name.startswith("_") or name in ("float_model", "recipe", "quantized_sites", "embeddings",
-                                            "uncalibrated", "saturation"):
+                                            "uncalibrated", "saturation", "backend"):
             raise AttributeError(name)
         return getattr(self._net, name)
 
-    def forward(self, *args, backend: str = "numpy", **kwargs):
-        if backend != "numpy":
-            raise ConfigError(f"QuantizedModel.forward: backend {backend!r} is not available yet "
-                              "(the fake-quant NumPy path is backend 'numpy')")
-        return self._net.forward(*args, **kwargs)
+    def forward(self, *args, backend: str | None = None, **kwargs):
+        """The float model's forward with every quantized site computed by ``backend``:
+
+        "numba"  the real integer path on refquant.kernels.cpu (int8 / int4 weights resident,
+                 activations quantized per the recipe, exact int32 GEMMs, float32 epilogues);
+        "numpy"  the same integer path on refquant.kernels.reference: identical bytes;
+        "fake"   the fake-quant float32 path: fake_quant(x) @ dequantize(W).T + b (module doc).
+        Default: ``self.backend`` ("numba"), which sentence_embedding, perplexity etc. also use.
+        """
+        previous = self.backend
+        self.backend = previous if backend is None else _check_backend(backend)
+        try:
+            return self._net.forward(*args, **kwargs)
+        finally:
+            self.backend = previous
 
     def with_float_sites(self, sites) -> "QuantizedModel":
         """The same quantized state with ``sites`` computed in float (partial quantization)."""
         keep = {s: q for s, q in self.quantized_sites.items() if s not in set(sites)}
         out = QuantizedModel(self.float_model, self.recipe.with_float_sites(sites), keep, self.embeddings)
         out._dequantized = self._dequantized
+        out._kernel_weights = self._kernel_weights
+        out.backend = self.backend
         out.uncalibrated = self.uncalibrated
         return out
 
@@ -108,7 +122,71 @@ class QuantizedModel:
         q = self.quantized_sites[site]
         return choose_qparams(x, q.rule.activation, site) if q.rule.activation.dynamic else q.input_qp
 
+    def _site(self, site: str, x: np.ndarray) -> np.ndarray:
+        if self.backend == "fake" or site not in self.quantized_sites:
+            return self._linear(site, x)
+        return self._integer_linear(site, x, _kernels(self.backend))
+
+    def weight_steps(self, site: str) -> np.ndarray:
+        """The integer epilogue's weight step s_w per output row [N] (input-dimension groups:
+        [N, G]): the scale, or float32(1 / multiplier) for multiplier specs (kernels.reference)."""
+        from .kernels.reference import dequant_step
+        q = self.quantized_sites[site]
+        step = dequant_step(q.weight_qp).astype(F32)
+        spec, N = q.rule.weight, q.weight_q.shape[0]
+        if spec.granularity == "tensor":
+            return np.full(N, step.reshape(()), F32)
+        if spec.granularity == "group" and spec.group_kind == "rows":
+            return np.repeat(step, N // spec.num_groups).astype(F32)
+        return step  # channel [N], input groups [N, G]
+
+    def _kernel_weight(self, site: str, backend: str):
+        """The site's integer weight in the layout of ``backend``'s kernels, built once."""
+        key = (backend, site)
+        if key not in self._kernel_weights:
+            from .kernels import cpu, reference
+            q = self.quantized_sites[site]
+            spec = q.rule.weight
+            if spec.bits == 8:
+                w = cpu.prepack(q.weight_q) if backend == "numba" else q.weight_q
+            else:
+                packed = reference.pack_w4(q.weight_q)
+                group = spec.group_size if spec.granularity == "group" and spec.group_kind == "input" else None
+                w = cpu.prepack_w4(packed, q.weight_q.shape[1], group) if backend == "numba" else packed
+            self._kernel_weights[key] = w
+        return self._kernel_weights[key]
+
+    def _integer_linear(self, site: str, x: np.ndarray, kern) -> np.ndarray:
+        """The site on the integer kernels: quantize the input (the recipe's dynamic spec or
+        calibrated QParams), exact int32 GEMM, float32 epilogue y = float32(acc) * (s_a * s_w)
+        + b (int32 bias: float32(acc + q_b) * (s_a * s_w), q_b = clip(rint(b / (s_a * s_w))))."""
+        q = self.quantized_sites[site]
+        rule = q.rule
+        if self.recipe.gelu10 and ffn_second_gemm(site):
+            x = np.minimum(x, GELU10)
+        bias = self.float_model.w(site + ".bias", optional=True)
+        if rule.activation is None:  # weight-only: the int weights stay resident; float GEMM
+            return linear_forward(x, dequantize(q.weight_q, q.weight_qp, site + ".weight"), bias)[0]
+        K, lead = x.shape[-1], x.shape[:-1]
+        x2 = np.ascontiguousarray(x.reshape(-1, K), dtype=F32)
+        w, s_w, spec = self._kernel_weight(site, self.backend), self.weight_steps(site), rule.weight
+        quant = rule.activation if rule.activation.dynamic else q.input_qp
+        if spec.bits == 8 and (rule.bias == "float" or bias is None):
+            y = kern.quantize_linear_i8(x2, quant, w, s_w, bias)
+        else:
+            a, s_a = kern.quantize_dynamic(x2, quant) if rule.activation.dynamic else kern.quantize_activation(x2, quant)
+            if rule.bias == "int32" and bias is not None:
+                s = (s_a[:, None] if s_a.ndim else s_a) * s_w  # [M, N] or [N], one float32 multiply
+                q_bias = np.clip(np.rint(bias / s), -INT32_LIMIT, INT32_LIMIT).astype(np.int32)
+                y = kern.linear_i8_int32_bias(a, s_a, w, s_w, q_bias)
+            elif spec.granularity == "group" and spec.group_kind == "input":
+                y = kern.linear_w4a8_groups(a, s_a, w, K, s_w, spec.group_size, bias)
+            else:
+                y = kern.linear_w4a8_rows(a, s_a, w, K, s_w, bias)
+        return y.reshape(*lead, y.shape[-1])
+
     def _linear(self, site: str, x: np.ndarray) -> np.ndarray:
+        """The site on the fake-quant float32 path (backend "fake")."""
         q = self.quantized_sites.get(site)
         if q is None:
             return type(self._net).linear(self._net, site, x)
@@ -156,6 +234,20 @@ class QuantizedModel:
     def __repr__(self):
         return f"QuantizedModel({self.float_model!r}, recipe {self.recipe.name!r}, " \
                f"{len(self.quantized_sites)} quantized sites)"
+
+
+BACKENDS = ("numba", "numpy", "fake")
+
+
+def _check_backend(backend: str) -> str:
+    if backend not in BACKENDS:
+        raise ConfigError(f"QuantizedModel.forward: unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
+    return backend
+
+
+def _kernels(backend: str):
+    from .kernels import cpu, reference
+    return cpu if backend == "numba" else reference
 
 
 # ---------------------------------------------------------------------------------------
