@@ -58,6 +58,36 @@ class QuantizedSite:
         return np.repeat(qp.scale, out // qp.spec.num_groups).astype(F32)  # row-block groups
 
 
+class DequantizedRows:
+    """An int8 embedding table that dequantizes only the rows an index picks (``table[ids]``,
+    ``table[:T]``): the same bits as dequantizing the whole table and indexing it, without
+    holding a float32 copy. ``np.asarray`` gives the whole float32 table (a tied LM head)."""
+
+    def __init__(self, q: np.ndarray, qp: QParams, name: str):
+        self.q, self.qp, self.name = q, qp, name
+        self.shape, self.ndim, self.dtype = q.shape, q.ndim, np.dtype(F32)
+
+    def _params_for(self, rows) -> QParams:
+        if self.qp.spec.granularity == "tensor":
+            return self.qp
+        pick = (lambda a: None if a is None else np.asarray(a)[rows])
+        return QParams(pick(self.qp.scale), pick(self.qp.zero_point), self.qp.spec,
+                       pick(self.qp.multiplier), pick(self.qp.offset))
+
+    def __getitem__(self, index):
+        rows = np.arange(self.shape[0])[index]
+        q = self.q[rows]
+        if self.qp.spec.granularity == "tensor":
+            return dequantize(q, self.qp, self.name)
+        flat = rows.reshape(-1)
+        out = dequantize(q.reshape(-1, self.shape[1]), self._params_for(flat), self.name)
+        return out.reshape(q.shape)
+
+    def __array__(self, dtype=None, copy=None):
+        full = dequantize(self.q, self.qp, self.name)
+        return full if dtype is None else full.astype(dtype)
+
+
 class QuantizedModel:
     """A model whose GEMM sites are quantized by ``recipe`` (see the module docstring).
 
@@ -76,7 +106,9 @@ class QuantizedModel:
         self._net = copy.copy(model)            # shares weights and caches; its linear is ours
         self._net.linear = self._site
         self._net.w = self._w
-        self.backend = "numba"                  # forward's default; see forward()
+        # forward's default: the integer path, unless a site's specs are outside what the
+        # integer kernels run (affine or unsigned activations or weights): then fake-quant
+        self.backend = "numba" if not self.integer_unsupported() else "fake"
         self._kernel_weights: dict = {}         # {(backend, site): weights in that kernel's layout}
 
     def __getattr__(self, name):  # forward, encode, sentence_embedding, sites, family, ...
@@ -92,10 +124,17 @@ class QuantizedModel:
                  activations quantized per the recipe, exact int32 GEMMs, float32 epilogues);
         "numpy"  the same integer path on refquant.kernels.reference: identical bytes;
         "fake"   the fake-quant float32 path: fake_quant(x) @ dequantize(W).T + b (module doc).
-        Default: ``self.backend`` ("numba"), which sentence_embedding, perplexity etc. also use.
+        Default: ``self.backend`` ("numba"; "fake" when the recipe has affine or unsigned specs,
+        which the integer kernels do not run), which sentence_embedding, perplexity etc. use.
         """
         previous = self.backend
         self.backend = previous if backend is None else _check_backend(backend)
+        if self.backend != "fake":
+            unsupported = self.integer_unsupported()
+            if unsupported:
+                self.backend = previous
+                raise ConfigError(f"backend {backend!r}: the integer kernels cannot run this recipe: "
+                                  + next(iter(unsupported.values())) + " (use backend='fake')")
         try:
             return self._net.forward(*args, **kwargs)
         finally:
@@ -126,6 +165,24 @@ class QuantizedModel:
         if self.backend == "fake" or site not in self.quantized_sites:
             return self._linear(site, x)
         return self._integer_linear(site, x, _kernels(self.backend))
+
+    def integer_unsupported(self) -> dict:
+        """{site: reason} for sites the integer kernels cannot run (empty: all can)."""
+        from .kernels.reference import check_activation_spec
+        out = {}
+        for site, q in self.quantized_sites.items():
+            rule = q.rule
+            if rule.activation is None:
+                continue  # weight-only: dequantized weights, float GEMM
+            try:
+                check_activation_spec(rule.activation, site)
+            except ConfigError as e:
+                out[site] = str(e)
+                continue
+            w = rule.weight
+            if w is None or not (w.symmetric and w.signed) or w.bits not in (4, 8):
+                out[site] = f"{site}: weights must be signed symmetric int8 or int4 for the integer GEMM"
+        return out
 
     def weight_steps(self, site: str) -> np.ndarray:
         """The integer epilogue's weight step s_w per output row [N] (input-dimension groups:
@@ -216,6 +273,8 @@ class QuantizedModel:
     def _w(self, name: str, optional: bool = False):
         if name in self.embeddings:
             table, qp = self.embeddings[name]
+            if qp.spec.granularity in ("tensor", "channel") and (qp.spec.axis or 0) == 0:
+                return DequantizedRows(table, qp, name)  # lookups dequantize only their rows
             key = "embedding:" + name
             if key not in self._dequantized:
                 self._dequantized[key] = dequantize(table, qp, name)
