@@ -2,9 +2,10 @@
 quantization, fused LayerNorm -> quantize.
 
 ``refquant.kernels.reference`` defines each op in NumPy (the specification, docstrings
-included); ``refquant.kernels.cpu`` computes the same bytes with Numba (AVX-512 VNNI
-micro-kernels where the CPU has them, portable int32 loops elsewhere). Both export the same
-names with the same signatures (cpu's take an extra ``path=`` and accept prepacked weights).
+included); ``refquant.kernels.cpu`` computes the same bytes with Numba (AMX tiles or AVX-512
+VNNI micro-kernels where the CPU has them, portable int32 loops elsewhere). Both export the
+same names with the same signatures (cpu's take an extra ``path=`` and accept prepacked
+weights).
 """
 from . import cpu, reference
 

@@ -1,4 +1,11 @@
-"""AVX-512 VNNI micro-kernels with their epilogue, written in LLVM IR through Numba intrinsics.
+"""AVX-512 VNNI (and AMX) micro-kernels with their epilogue, in LLVM IR through Numba intrinsics.
+
+The AMX kernel (``make_amx_kernel``, end of the file) computes the same u8 x s8 products on
+32 x 32 output tiles with TDPBUSD, stores the int32 tile to a buffer and runs the same epilogue
+emitter row by row. Tile instructions need Linux's permission (``request_amx``) and a tile
+configuration per thread (``amx_config`` / ``amx_release``); on a target without AMX the AMX
+names are stubs, so that code referencing them still compiles (LLVM cannot select tile
+instructions there).
 
 LLVM never emits ``vpdpbusd`` from ordinary loops, so each micro-kernel here is one
 ``@intrinsic`` that generates its whole loop: an ``MR x NR`` tile of ``<16 x i32>``
@@ -491,10 +498,14 @@ else:
     # exception), and the drivers reference these names in a branch that is never taken there:
     # stubs that emit nothing keep those drivers compilable.
     @intrinsic
-    def _amx_stub(typingctx, *args):
+    def _amx_stub(typingctx, A, a_off, lda, a_kstride, B, b_off, b_stride, kblocks, colinit,
+                  ci_off, cbuf, out_i, out_f, m0, n0, rows, cols, s_a, sa_stride, s_w, bias,
+                  has_bias, qb, qb_rows, has_qb, err):
         def codegen(context, builder, signature, args):
             return context.get_dummy_value()
-        return types.void(*args), codegen
+        return types.void(A, a_off, lda, a_kstride, B, b_off, b_stride, kblocks, colinit, ci_off,
+                          cbuf, out_i, out_f, m0, n0, rows, cols, s_a, sa_stride, s_w, bias,
+                          has_bias, qb, qb_rows, has_qb, err), codegen
 
     @intrinsic
     def _amx_config_stub(typingctx, cfg):

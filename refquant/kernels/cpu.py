@@ -39,12 +39,11 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-
-from weights_io.errors import ConfigError, DTypeError, NonFiniteError, OutOfRangeError, ShapeError
 from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
+from weights_io.errors import ConfigError, DTypeError, NonFiniteError, OutOfRangeError, ShapeError
 from .._numba import numba
 from ..nn.fast_erf import gelu_erf_float32
 from ..quant import QParams
@@ -785,6 +784,8 @@ if HAVE_VNNI:
                 nb0 = ch * NR
                 nr = min(NR, NB - nb0)
                 cols = min(16 * nr, N - 16 * nb0)
+                if cols <= 0:  # a padding block of B (N is padded to pairs of blocks)
+                    continue
                 for mb in range(g0, g1):
                     rows = min(MR, M - mb * MR)
                     if mode == OUT_INT:
@@ -940,9 +941,9 @@ def _run_vnni_i8(ep, packed, M, N, path, in_mode, a=_DUMMY_I8, x=_DUMMY_F2, fp=_
     R, Cn = _work_grid(M, MR, -(-packed.NB // (2 if use_amx else NR)))
     mode = OUT_INT if ep.mode == OUT_INT else OUT_FLOAT  # the float epilogue adds int32 biases
     _pool.run(_vnni_i8, R * Cn, in_mode, a, x, xi, fp, ip, param, pstride, ep.s_a, ep.sa_stride, bad,
-              use_amx, _AMX_CFG, MR, R, Cn, packed.data, packed.colinit, packed.Kq, packed.NB, N, mode, ep.s_w, ep.bias,
-              ep.has_bias, ep.qb, ep.qb_rows, int(ep.mode == OUT_INT_BIAS), ep.out_i, ep.out_f,
-              ep.err)
+              use_amx, _AMX_CFG, MR, R, Cn, packed.data, packed.colinit, packed.Kq, packed.NB, N, mode,
+              ep.s_w, ep.bias, ep.has_bias, ep.qb, ep.qb_rows, int(ep.mode == OUT_INT_BIAS), ep.out_i,
+              ep.out_f, ep.err)
 
 
 def _run_portable_i8(ep, a, w):

@@ -43,6 +43,8 @@ quantized values with ``s_a``, the step the integer epilogue multiplies by:
 or per-tensor quantization, e.g. ZeroQuant's ``rq.dialect("deepspeed", granularity="token",
 dynamic=True)`` or ``rq.dialect("q8bert", dynamic=True)``), and
 ``layer_norm_quantize_per_token`` is ``refquant.nn.fused.layer_norm_rows`` followed by it.
+``quantize_linear_i8(x, spec or qparams, w, s_w, ...)`` is quantize_dynamic (or
+quantize_activation) followed by ``linear_i8``.
 
 int4 weights
 ------------
@@ -447,7 +449,8 @@ def quantize_dynamic(x, spec: QuantSpec):
     """
     check_activation_spec(spec, "quantize_dynamic")
     if not isinstance(x, np.ndarray) or x.dtype.kind != "f":
-        raise DTypeError(f"quantize_dynamic: expected a float array, got {getattr(x, 'dtype', type(x).__name__)}")
+        raise DTypeError("quantize_dynamic: expected a float array, got "
+                         f"{getattr(x, 'dtype', type(x).__name__)}")
     return quantize_activation(x, choose_qparams(x, spec, "quantize_dynamic: x"))
 
 

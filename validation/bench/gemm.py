@@ -150,10 +150,10 @@ def worker(threads: int, rounds: int) -> None:
         torch_version = f"{torch.__version__} (quantized engine {torch.backends.quantized.engine})"
     except ImportError:
         torch_version = "not installed"
-    say(f"## {threads} thread{'s' if threads > 1 else ''}: NUMBA_NUM_THREADS={os.environ.get('NUMBA_NUM_THREADS')} "
-        f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')} "
-        f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')} OMP_WAIT_POLICY="
-        f"{os.environ.get('OMP_WAIT_POLICY')} OPENBLAS_THREAD_TIMEOUT={os.environ.get('OPENBLAS_THREAD_TIMEOUT')}")
+    env = " ".join(f"{v}={os.environ.get(v)}" for v in (
+        "NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "OMP_WAIT_POLICY",
+        "OPENBLAS_THREAD_TIMEOUT"))
+    say(f"## {threads} thread{'s' if threads > 1 else ''}: {env}")
     say(f"refquant path: {cpu.DEFAULT_PATH} (AVX-512 VNNI: {cpu.HAVE_VNNI}); numba {numba.__version__} "
         f"threading layer {numba.config.THREADING_LAYER} (kernels use refquant.kernels._pool); "
         f"numpy {np.__version__}; onnxruntime {ort_version}; torch {torch_version}")
