@@ -72,7 +72,9 @@ def main() -> int:
     embed_ref = rq.analysis.sentence_embedder(m)
     ref = embed_ref(eval_text)
     lee_f, ws_f = rq.analysis.lee2005_pearson(embed_ref), rq.analysis.wordsim353_spearman(embed_ref)
-    out(f"all-MiniLM-L6-v2 PTQ: calibration 64 Wikipedia sentences, evaluation 256 others; refquant {rq.__version__}")
+    out(f"all-MiniLM-L6-v2 PTQ: calibration 64 Wikipedia sentences, evaluation 256 others; refquant {rq.__version__}; "
+        "quantized models run their default backend (numba: the real integer path; fake-quant for "
+        "weight-only recipes' float GEMMs)")
     out(f"float32: Lee-2005 Pearson {lee_f:.4f}, WordSim-353 Spearman {ws_f:.4f}")
     out(f"{'recipe':29s} {'cos mean':>9s} {'cos min':>8s} {'Lee':>7s} {'rel':>7s} {'WS353':>7s} {'rel':>7s} "
         f"{'sat':>8s} {'quant s':>7s} {'eval s':>6s}")

@@ -63,7 +63,8 @@ def main() -> int:
     first = held_out[:args.window][None]
     logits_f = m.forward(first)
     say(f"SmolLM2-135M-Instruct PTQ: calibration 8 x 128 Wikipedia tokens; perplexity on {args.tokens} held-out "
-        f"tokens (window {args.window}, stride {args.window // 2}); refquant {rq.__version__}")
+        f"tokens (window {args.window}, stride {args.window // 2}); refquant {rq.__version__}; quantized models on "
+        "backend numba (the real integer path)")
     say(f"{'model':24s} {'perplexity':>10s} {'vs float':>9s} {'top-1 agree':>11s} {'KL nats':>8s} {'time s':>7s}")
     say(f"{'float32':24s} {ppl_f:10.3f} {'':>9s} {'':>11s} {'':>8s} {time.time() - t0:7.1f}")
     result = {}

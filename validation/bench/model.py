@@ -98,16 +98,31 @@ def weight_bytes_float(m) -> int:
 
 
 def weight_bytes_quantized(qm) -> int:
-    """Bytes the integer path keeps for weights: int8 weights and scales of quantized sites,
-    float32 for everything else the model reads (embeddings, LayerNorms, biases, float sites)."""
-    total = 0
-    quantized = set(qm.quantized_sites)
+    """Bytes the numba integer path holds for weights after a forward: each quantized site's
+    int8 weight, its scales and its prepacked kernel copy; the int8 embedding tables and their
+    scales; float32 for every other tensor the model reads (LayerNorms, biases, float sites,
+    float embeddings). Each array counted once."""
+    seen, total = set(), 0
+
+    def add(a):
+        nonlocal total
+        if a is not None and id(a) not in seen:
+            seen.add(id(a))
+            total += a.nbytes
+    for (backend, site), w in qm._kernel_weights.items():
+        if backend == "numba":
+            for part in ("data", "colinit"):
+                add(getattr(w, part, None))
+    for q in qm.quantized_sites.values():
+        add(q.weight_q)
+        add(q.weight_qp.scale)
+        add(q.weight_qp.multiplier)
+    for table, qp in qm.embeddings.values():
+        add(table)
+        add(qp.scale)
+    quantized = {s + ".weight" for s in qm.quantized_sites} | set(qm.embeddings)
     for name, shape in qm.float_model.expected_shapes().items():
-        site = name.rsplit(".", 1)[0]
-        if site in quantized and name.endswith(".weight"):
-            q = qm.quantized_sites[site]
-            total += q.weight_q.nbytes + q.weight_qp.scale.nbytes + q.weight_qp.zero_point.nbytes
-        else:
+        if name not in quantized:
             total += 4 * int(np.prod(shape))
     return total
 
@@ -141,6 +156,7 @@ def main() -> int:
         if "onnxruntime dynamic int8" in med and k != "onnxruntime dynamic int8":
             extra += f", {med['onnxruntime dynamic int8'] / med[k]:.2f}x ORT int8"
         out(f"{k:26s} median {med[k] * 1e3:8.1f} ms  min {low[k] * 1e3:8.1f} ms{extra}")
+    qm.forward(*args, backend="numba")
     fb, qb = weight_bytes_float(m), weight_bytes_quantized(qm)
     out(f"weights held: float32 {fb / 2**20:.1f} MiB, zeroquant-w8a8 integer path {qb / 2**20:.1f} MiB "
         f"({qb / fb:.2f}x; target <= 0.35x)")
