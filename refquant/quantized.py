@@ -228,6 +228,8 @@ class QuantizedModel:
         x2 = np.ascontiguousarray(x.reshape(-1, K), dtype=F32)
         w, s_w, spec = self._kernel_weight(site, self.backend), self.weight_steps(site), rule.weight
         quant = rule.activation if rule.activation.dynamic else q.input_qp
+        if self.saturation is not None:
+            self._count_saturation(site, x2, choose_qparams(x2, quant, site) if rule.activation.dynamic else quant)
         if spec.bits == 8 and (rule.bias == "float" or bias is None):
             y = kern.quantize_linear_i8(x2, quant, w, s_w, bias)
         else:
@@ -255,11 +257,7 @@ class QuantizedModel:
         if rule.activation is not None:
             qp_x = self.input_qparams(site, x)
             if self.saturation is not None:
-                codes = quantize(x, qp_x, site + ".input")
-                sat = np.count_nonzero((codes == rule.activation.qmin) | (codes == rule.activation.qmax))
-                counts = self.saturation.setdefault(site, [0, 0])
-                counts[0] += int(sat)
-                counts[1] += codes.size
+                self._count_saturation(site, x, qp_x)
             x = fake_quant(x, qp_x, site + ".input")
         w = self.dequantized_weight(site) if rule.weight is not None else self.float_model.w(site + ".weight")
         if rule.bias == "float" or bias is None:
@@ -269,6 +267,14 @@ class QuantizedModel:
             * q.weight_scale_per_row()                           # s_x * s_w: [..., out] or [out]
         q_bias = np.clip(np.rint(bias / bias_scale), -INT32_LIMIT, INT32_LIMIT)
         return y + (q_bias * bias_scale).astype(F32)
+
+    def _count_saturation(self, site: str, x: np.ndarray, qp: QParams) -> None:
+        """While ``self.saturation`` is a dict: count the site's input codes at qmin or qmax."""
+        codes = quantize(x, qp, site + ".input")
+        spec = qp.spec
+        counts = self.saturation.setdefault(site, [0, 0])
+        counts[0] += int(np.count_nonzero((codes == spec.qmin) | (codes == spec.qmax)))
+        counts[1] += codes.size
 
     def _w(self, name: str, optional: bool = False):
         if name in self.embeddings:
