@@ -35,6 +35,7 @@ import numpy as np
 
 from weights_io.errors import ConfigError, DTypeError, MissingTensorError, OutOfRangeError, ShapeError, \
     WeightsFormatError
+from weights_io.safetensors_io import fsync_path
 from weights_io.int4 import compressed_tensors_packed_shape, pack_compressed_tensors, unpack_compressed_tensors
 from weights_io.safetensors_io import write_safetensors
 
@@ -299,20 +300,6 @@ def is_refquant_checkpoint(directory, key: str = "refquant") -> bool:
 # ---------------------------------------------------------------------------------------
 # writing a directory, all or nothing
 # ---------------------------------------------------------------------------------------
-def _fsync_path(path: str) -> None:
-    flags = os.O_RDONLY | (os.O_DIRECTORY if os.path.isdir(path) and hasattr(os, "O_DIRECTORY") else 0)
-    try:
-        fd = os.open(path, flags)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def write_checkpoint_directory(directory, config: dict, tensors: dict, *, dtypes: dict | None = None,
                                copy_files=(), replace_if=None) -> Path:
     """Write ``directory`` (config.json, model.safetensors, copies of ``copy_files``) so that it
@@ -344,8 +331,8 @@ def write_checkpoint_directory(directory, config: dict, tensors: dict, *, dtypes
         for src in copy_files:
             dst = tmp / Path(src).name
             shutil.copyfile(src, dst)
-            _fsync_path(str(dst))
-        _fsync_path(str(tmp))
+            fsync_path(str(dst))
+        fsync_path(str(tmp))
         if target.exists() and any(target.iterdir()):
             old = Path(f"{tmp}.old")
             os.rename(target, old)
@@ -357,7 +344,7 @@ def write_checkpoint_directory(directory, config: dict, tensors: dict, *, dtypes
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, target)  # an empty directory is replaced
-        _fsync_path(str(target.parent))
+        fsync_path(str(target.parent))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

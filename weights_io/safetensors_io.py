@@ -670,10 +670,11 @@ def _header_bytes(layout: list[tuple[str, str, tuple, int, int]], metadata: dict
     return encoded + b" " * (-len(encoded) % 8)
 
 
-def _fsync_directory(directory: str) -> None:
-    # Makes the rename itself durable; some platforms cannot open a directory.
+def fsync_path(path: str) -> None:
+    """fsync a file, or a directory (which makes a rename in it durable); best effort: some
+    platforms cannot open a directory."""
     try:
-        fd = os.open(directory, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY)
     except OSError:
         return
     try:
@@ -747,4 +748,4 @@ def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray]
         except FileNotFoundError:
             pass
         raise
-    _fsync_directory(directory)
+    fsync_path(directory)

@@ -35,7 +35,6 @@ takes its own rows (and packs / quantizes only those); few rows: threads split t
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,6 +45,7 @@ from numba.extending import intrinsic
 from weights_io.errors import ConfigError, DTypeError, NonFiniteError, OutOfRangeError, ShapeError
 from .._numba import numba
 from ..nn.fast_erf import gelu_erf_float32
+from ..nn.fused import layer_norm_row_stats
 from ..quant import QParams
 from ..spec import QuantSpec
 from . import _pool, _vnni as _v, reference as ref
@@ -446,7 +446,7 @@ def _quantize_kernel(x, xi, dynamic, do_quant, check, fp, ip, param, sa_stride, 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def _ln_quantize_kernel(x, gamma, beta, eps, do_quant, fp, ip, y, yi, param, step, amax_out, q, bad,
                         part, nparts):
-    """layer_norm_rows' arithmetic per row (same statements), then amax and (per token)
+    """layer_norm_rows' arithmetic per row (the same layer_norm_row_stats), then amax and (per token)
     parameters and quantization of the row while it is in cache."""
     rows, c = x.shape
     divide = ip[2] == 0
@@ -454,15 +454,7 @@ def _ln_quantize_kernel(x, gamma, beta, eps, do_quant, fp, ip, y, yi, param, ste
     qmin = np.float32(ip[4])
     qmax = np.float32(ip[5])
     for r in range(part * rows // nparts, (part + 1) * rows // nparts):
-        s = 0.0
-        for j in range(c):
-            s += x[r, j]
-        mean = np.float32(s / c)
-        v = 0.0
-        for j in range(c):
-            d = np.float64(x[r, j] - mean)
-            v += d * d
-        inv = np.float32(1.0 / math.sqrt(np.float32(v / c) + eps))
+        mean, inv = layer_norm_row_stats(x, r, eps)
         for j in range(c):
             h = (x[r, j] - mean) * inv
             y[r, j] = h * gamma[j] + beta[j]

@@ -17,19 +17,27 @@ from .._numba import numba
 MASKED = np.float32(np.finfo(np.float32).min)
 
 
+@numba.njit(cache=True, inline="always")
+def layer_norm_row_stats(x, r, eps):
+    """(mean, rstd) of row r, in THE defined order (sums left to right in float64); the fused
+    LayerNorm -> quantize kernel (refquant.kernels.cpu) calls this same function."""
+    c = x.shape[1]
+    s = 0.0
+    for j in range(c):
+        s += x[r, j]
+    mean = np.float32(s / c)
+    v = 0.0
+    for j in range(c):
+        d = np.float64(x[r, j] - mean)
+        v += d * d
+    return mean, np.float32(1.0 / math.sqrt(np.float32(v / c) + eps))
+
+
 @numba.njit(cache=True, parallel=True)
 def _layer_norm_rows(x, gamma, beta, eps, y, xhat, rstd):
     rows, c = x.shape
     for r in numba.prange(rows):
-        s = 0.0
-        for j in range(c):
-            s += x[r, j]
-        mean = np.float32(s / c)
-        v = 0.0
-        for j in range(c):
-            d = np.float64(x[r, j] - mean)
-            v += d * d
-        inv = np.float32(1.0 / math.sqrt(np.float32(v / c) + eps))
+        mean, inv = layer_norm_row_stats(x, r, eps)
         rstd[r] = inv
         for j in range(c):
             h = (x[r, j] - mean) * inv
