@@ -198,3 +198,35 @@ def test_fast_erf_hands_near_ties_to_scipy():
     assert np.array_equal(fast_erf.erf_float32(x).view(np.uint32), want.view(np.uint32))
     assert np.array_equal(nn.gelu_erf_forward(x[flagged])[0].view(np.uint32),
                           nn.gelu_erf_reference(x[flagged]).view(np.uint32))
+
+
+def bits(a):
+    return np.ascontiguousarray(a).view(np.uint32)
+
+
+edge_floats = st.one_of(st.floats(-8, 8, width=32), st.sampled_from([0.0, -0.0, 0.5, -0.5, 3e38, -3e38]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), shape=hnp.array_shapes(min_dims=2, max_dims=3, min_side=1, max_side=9),
+       with_bias=st.booleans())
+def test_fused_bias_ops_give_the_unfused_bits(data, shape, with_bias):
+    # the GEMM's bias add fused into GELU, into residual + LayerNorm, into the head split: same bytes
+    y = data.draw(hnp.arrays(F32, shape, elements=edge_floats))
+    x = data.draw(hnp.arrays(F32, shape, elements=edge_floats))
+    c = shape[-1]
+    b = data.draw(hnp.arrays(F32, (c,), elements=edge_floats)) if with_bias else None
+    g, beta = data.draw(arrays((c,), 0.125, 2)), data.draw(arrays((c,)))
+    with np.errstate(over="ignore", invalid="ignore"):
+        yb = y if b is None else y + b
+        assert np.array_equal(bits(nn.gelu_erf_forward(y, b)[0]), bits(nn.gelu_erf_forward(yb)[0]))
+        assert np.array_equal(bits(nn.gelu_tanh_forward(y, b)[0]), bits(nn.gelu_tanh_forward(yb)[0]))
+        fused = nn.residual_layer_norm_forward(x, y, b, g, beta, 1e-5)
+        plain = nn.layer_norm_forward(x + yb, g, beta, 1e-5)
+    for got, want in zip((fused[0],) + fused[1][:2], (plain[0],) + plain[1][:2]):
+        assert got.shape == want.shape and np.array_equal(bits(got), bits(want))
+    if len(shape) == 3:
+        heads = data.draw(st.sampled_from([h for h in range(1, c + 1) if c % h == 0]))
+        want = yb.reshape(*shape[:2], heads, c // heads).transpose(0, 2, 1, 3)
+        got = nn.split_heads(y, b, heads)
+        assert got.flags.c_contiguous and np.array_equal(bits(got), bits(want))

@@ -42,6 +42,16 @@ class Model:
             return linear_forward(x, self.w(self.head_weight))[0]
         return linear_forward(x, self.w(site + ".weight"), self.w(site + ".bias", optional=True))[0]
 
+    def linear_and_bias(self, site: str, x: np.ndarray):
+        """(x @ W.T, b) at ``site``, the bias left for the next op to add in its own pass (BERT
+        fuses it into GELU, into the residual + LayerNorm, into the head split): same bits as
+        ``linear``, one pass fewer. Where ``linear`` is replaced on the instance (a quantized
+        model's sites, a calibration observer), the replacement computes the whole site:
+        (its output, None)."""
+        if "linear" in vars(self) or site == "lm_head":
+            return self.linear(site, x), None
+        return linear_forward(x, self.w(site + ".weight"))[0], self.w(site + ".bias", optional=True)
+
     embedding_weight = ""  # decoders: the token embedding that a tied LM head multiplies by
 
     @property

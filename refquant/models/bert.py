@@ -6,7 +6,7 @@ import numpy as np
 from weights_io.errors import ConfigError, OutOfRangeError, ShapeError
 
 from ..nn import (attention_forward, embedding_forward, gelu_erf_forward, gelu_tanh_forward,
-                  layer_norm_forward)
+                  layer_norm_forward, residual_layer_norm_forward, split_heads)
 from .base import Model
 
 F32 = np.float32
@@ -65,6 +65,11 @@ class Bert(Model):
         return layer_norm_forward(x, self.w(name + ".weight"), self.w(name + ".bias"),
                                   self.config.layer_norm_eps)[0]
 
+    def residual_layer_norm(self, name, x, y_and_bias):
+        """layer_norm(x + (y + b)) with (y, b) from linear_and_bias: one fused pass."""
+        return residual_layer_norm_forward(x, *y_and_bias, self.w(name + ".weight"), self.w(name + ".bias"),
+                                           self.config.layer_norm_eps)[0]
+
     def embed(self, ids, token_type_ids):
         T = ids.shape[1]
         x = embedding_forward(ids, self.w("embeddings.word_embeddings.weight"))[0]
@@ -73,26 +78,28 @@ class Bert(Model):
         return self.layer_norm("embeddings.LayerNorm", x)  # [B, T] -> [B, T, C]
 
     def self_attention(self, i, x, mask):
+        """(y, b) of the attention output projection, b still to add."""
         B, T, C = x.shape
         H = self.config.num_attention_heads
         p = f"encoder.layer.{i}.attention"
 
-        def heads(site):  # [B, T, C] -> [B, H, T, D]
-            return self.linear(f"{p}.self.{site}", x).reshape(B, T, H, C // H).transpose(0, 2, 1, 3)
+        def heads(site):  # [B, T, C] -> [B, H, T, D], the GEMM's bias added in the same copy
+            return split_heads(*self.linear_and_bias(f"{p}.self.{site}", x), H)
 
         ctx = attention_forward(heads("query"), heads("key"), heads("value"), key_mask=mask)[0]
         ctx = ctx.transpose(0, 2, 1, 3).reshape(B, T, C)
-        return self.linear(f"{p}.output.dense", ctx)  # [B, T, C] -> [B, T, C]
+        return self.linear_and_bias(f"{p}.output.dense", ctx)  # [B, T, C] -> [B, T, C]
 
     def ffn(self, i, x):
+        """(y, b) of the second FFN GEMM, b still to add; the first GEMM's bias is added in GELU."""
         act = ACTIVATIONS[self.config.hidden_act]
-        h = act(self.linear(f"encoder.layer.{i}.intermediate.dense", x))[0]
-        return self.linear(f"encoder.layer.{i}.output.dense", h)  # [B, T, C] -> [B, T, C]
+        h = act(*self.linear_and_bias(f"encoder.layer.{i}.intermediate.dense", x))[0]
+        return self.linear_and_bias(f"encoder.layer.{i}.output.dense", h)  # [B, T, C] -> [B, T, C]
 
     def block(self, i, x, mask):
         p = f"encoder.layer.{i}"
-        x = self.layer_norm(f"{p}.attention.output.LayerNorm", x + self.self_attention(i, x, mask))
-        return self.layer_norm(f"{p}.output.LayerNorm", x + self.ffn(i, x))  # post-LN
+        x = self.residual_layer_norm(f"{p}.attention.output.LayerNorm", x, self.self_attention(i, x, mask))
+        return self.residual_layer_norm(f"{p}.output.LayerNorm", x, self.ffn(i, x))  # post-LN
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None):
         """Last hidden state [B, T, C] (float32)."""

@@ -93,6 +93,16 @@ def _gelu_kernel(x, out, unsure, c, inv_sqrt2):
         out[j] = (np.float32(0.5) * v) * (np.float32(1.0) + e)
 
 
+@numba.njit(cache=True, parallel=True)
+def _bias_gelu_kernel(x, bias, out, unsure, c, inv_sqrt2):
+    rows, n = x.shape
+    for r in numba.prange(rows):
+        for j in range(n):
+            v = x[r, j] + bias[j]
+            e, unsure[r, j] = _erf32(np.float64(v * inv_sqrt2), c)
+            out[r, j] = (np.float32(0.5) * v) * (np.float32(1.0) + e)
+
+
 INV_SQRT2 = np.float32(1 / np.sqrt(2))
 
 
@@ -109,16 +119,23 @@ def erf_float32(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def gelu_erf_float32(x: np.ndarray) -> np.ndarray:
-    """0.5 * x * (1 + erf(x * float32(1/sqrt(2)))), each operation in float32 as written, erf
-    with scipy.special.erf's float32 bits."""
+def gelu_erf_float32(x: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
+    """0.5 * v * (1 + erf(v * float32(1/sqrt(2)))) with v = x (+ bias over the last axis, added
+    first, in float32), each operation in float32 as written, erf with scipy.special.erf's
+    float32 bits."""
     x = np.ascontiguousarray(x, np.float32)
     out = np.empty_like(x)
     flat_x, flat_out = x.reshape(-1), out.reshape(-1)
     unsure = np.empty(x.size, np.uint8)
-    _gelu_kernel(flat_x, flat_out, unsure, COEFFS, INV_SQRT2)
+    if bias is None:
+        _gelu_kernel(flat_x, flat_out, unsure, COEFFS, INV_SQRT2)
+    else:
+        n = x.shape[-1]
+        bias = np.ascontiguousarray(bias, np.float32)
+        _bias_gelu_kernel(flat_x.reshape(-1, n), bias, flat_out.reshape(-1, n), unsure.reshape(-1, n),
+                          COEFFS, INV_SQRT2)
     if unsure.any():
         j = np.flatnonzero(unsure.view(np.bool_))
-        v = flat_x[j]
+        v = flat_x[j] if bias is None else flat_x[j] + bias[j % x.shape[-1]]
         flat_out[j] = (np.float32(0.5) * v) * (np.float32(1.0) + scipy_erf(v * INV_SQRT2))
     return out

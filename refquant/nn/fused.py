@@ -59,6 +59,56 @@ def layer_norm_rows(x, gamma, beta, eps):
 
 
 @numba.njit(cache=True, parallel=True)
+def _residual_layer_norm_rows(x, y, bias, has_bias, gamma, beta, eps, out, xhat, rstd):
+    rows, c = x.shape
+    for r in numba.prange(rows):
+        for j in range(c):  # the residual sum lands in out's row, then is normalized there
+            out[r, j] = x[r, j] + ((y[r, j] + bias[j]) if has_bias else y[r, j])
+        mean, inv = layer_norm_row_stats(out, r, eps)
+        rstd[r] = inv
+        for j in range(c):
+            h = (out[r, j] - mean) * inv
+            xhat[r, j] = h
+            out[r, j] = h * gamma[j] + beta[j]
+
+
+def residual_layer_norm_rows(x, y, bias, gamma, beta, eps):
+    """layer_norm_rows(x + (y + bias)), the sums in float32 in that order (bias may be None:
+    x + y); the residual sum is never written out. Returns y, xhat, rstd [..., 1]."""
+    shape, c = x.shape, x.shape[-1]
+    x2 = np.ascontiguousarray(x, np.float32).reshape(-1, c)
+    y2 = np.ascontiguousarray(y, np.float32).reshape(-1, c)
+    out, xhat = np.empty_like(x2), np.empty_like(x2)
+    rstd = np.empty(x2.shape[0], np.float32)
+    b = np.zeros(c, np.float32) if bias is None else np.ascontiguousarray(bias, np.float32)
+    _residual_layer_norm_rows(x2, y2, b, bias is not None, np.ascontiguousarray(gamma, np.float32),
+                              np.ascontiguousarray(beta, np.float32), np.float32(eps), out, xhat, rstd)
+    return out.reshape(shape), xhat.reshape(shape), rstd.reshape(shape[:-1] + (1,))
+
+
+@numba.njit(cache=True, parallel=True)
+def _split_heads(y, bias, has_bias, out):
+    B, T, C = y.shape
+    H, D = out.shape[1], out.shape[3]
+    for bt in numba.prange(B * T):
+        b, t = bt // T, bt % T
+        for h in range(H):
+            for d in range(D):
+                c = h * D + d
+                out[b, h, t, d] = (y[b, t, c] + bias[c]) if has_bias else y[b, t, c]
+
+
+def split_heads(y, bias, heads):
+    """[B, T, H*D] (+ bias, in float32) -> contiguous [B, H, T, D]: the bias add of the GEMM
+    before it fused into the copy that attention needs anyway."""
+    B, T, C = y.shape
+    out = np.empty((B, heads, T, C // heads), np.float32)
+    b = np.zeros(C, np.float32) if bias is None else np.ascontiguousarray(bias, np.float32)
+    _split_heads(np.ascontiguousarray(y, np.float32), b, bias is not None, out)
+    return out
+
+
+@numba.njit(cache=True, parallel=True)
 def _mask_and_shift_rows(scores, key_ok, causal):
     """Hide masked scores, then subtract each row's max (one pass per row)."""
     B, H, T, S = scores.shape

@@ -6,7 +6,7 @@ import numpy as np
 from scipy.special import erf
 
 from .fast_erf import gelu_erf_float32
-from .fused import layer_norm_rows, masked_softmax_
+from .fused import layer_norm_rows, masked_softmax_, residual_layer_norm_rows
 
 F32 = np.float32
 
@@ -39,6 +39,14 @@ def layer_norm_forward(x, gamma, beta, eps):
     return y, (xhat, rstd, gamma)  # [..., C] -> [..., C]
 
 
+def residual_layer_norm_forward(x, y, bias, gamma, beta, eps):
+    """layer_norm(x + (y + bias)): a post-LN block's residual add, with the bias of the GEMM
+    that made y fused in (bias None: x + y). Same bits as the unfused ops, one fused pass per
+    row (refquant.nn.fused.residual_layer_norm_rows); the cache is layer_norm_forward's."""
+    out, xhat, rstd = residual_layer_norm_rows(x, y, bias, gamma, beta, eps)
+    return out, (xhat, rstd, gamma)  # [..., C] -> [..., C]
+
+
 def rms_norm_forward(x, gamma, eps):
     """x / sqrt(mean(x^2) + eps) * gamma over the last axis (Llama's RMSNorm)."""
     rstd = (1.0 / np.sqrt(np.mean(np.square(x), axis=-1, keepdims=True) + F32(eps))).astype(F32)
@@ -46,13 +54,15 @@ def rms_norm_forward(x, gamma, eps):
     return gamma * xhat, (x, rstd, gamma)  # [..., C] -> [..., C]
 
 
-def gelu_erf_forward(x):
-    """0.5 * x * (1 + erf(x * float32(1/sqrt(2)))): BERT's exact GELU, in float32 as written.
+def gelu_erf_forward(x, bias=None):
+    """0.5 * v * (1 + erf(v * float32(1/sqrt(2)))), v = x (+ bias, added first): BERT's exact
+    GELU, in float32 as written; the bias add of the GEMM before it is fused in (same bits).
 
     erf is scipy.special.erf's float32 result; it is computed by refquant.nn.fast_erf, which
     gives the same bits about 10x faster (gelu_erf_reference is the scipy expression itself).
+    The cache (x, bias) gives v again exactly.
     """
-    return gelu_erf_float32(x), (x,)
+    return gelu_erf_float32(x, bias), (x, bias)
 
 
 def gelu_erf_reference(x):
@@ -60,8 +70,10 @@ def gelu_erf_reference(x):
     return F32(0.5) * x * (F32(1) + erf(x * F32(1 / np.sqrt(2))))
 
 
-def gelu_tanh_forward(x):
-    """0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3))): GPT-2's "gelu_new"."""
+def gelu_tanh_forward(x, bias=None):
+    """0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3))): GPT-2's "gelu_new" (of x + bias)."""
+    if bias is not None:
+        x = x + bias
     inner = F32(np.sqrt(2 / np.pi)) * (x + F32(0.044715) * x * x * x)
     return F32(0.5) * x * (F32(1) + np.tanh(inner)), (x,)
 
