@@ -538,6 +538,10 @@ class _QuantizedWeights(Mapping):
                                      + ", ".join(map(repr, missing[:10])))
 
 
+def _dequantize_site_weight(q, name):
+    return dequantize(q.weight_q, q.weight_qp, name)
+
+
 def load_quantized(directory) -> QuantizedModel:
     """The QuantizedModel saved in ``directory`` by save_quantized (module docstring)."""
     config, cpath = qio.read_config(directory)
@@ -592,8 +596,10 @@ def load_quantized(directory) -> QuantizedModel:
         if rule.weight is not None:
             q.weight_q, q.weight_qp = take_weight(module, rule.weight, site, where, scheme)
             hf = f"{module}.weight"
+            # read q.weight_q when asked (not now): once the numba kernels prepack it, the
+            # canonical copy is released and only the packed one is held
             overrides[site + ".weight"] = (hf, q.weight_q.shape, functools.partial(
-                dequantize, q.weight_q, q.weight_qp, site + ".weight"))
+                _dequantize_site_weight, q, site + ".weight"))
         else:
             _check_args(scheme.get("weights"), None, where + " weights")
         iargs = None if rule.activation is None else _ct_input_args(rule.activation, site)

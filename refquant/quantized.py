@@ -18,7 +18,7 @@ the quantized table.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -38,18 +38,47 @@ EMBEDDINGS = {"bert": {"word": "embeddings.word_embeddings.weight", "position": 
 
 @dataclass
 class QuantizedSite:
-    """One GEMM site: its rule, integer weight and scales, static input range."""
+    """One GEMM site: its rule, integer weight and scales, static input range.
+
+    ``weight_q`` is the int8 [out, in] weight (int4 values when bits=4). Once the numba kernels
+    have prepacked it (``packed``, their layout), the canonical array is released, so that the
+    integer weights are held once; reading ``weight_q`` then unpacks a fresh copy, byte for byte.
+    """
 
     name: str
     rule: SiteRule
-    weight_q: np.ndarray | None = None      # int8 [out, in] (int4 values when bits=4)
+    _weight_q: np.ndarray | None = field(default=None, repr=False)
     weight_qp: QParams | None = None
     input_amax: float | None = None         # static activations: the calibrated range
     input_qp: QParams | None = None
+    packed: object = field(default=None, repr=False)  # cpu.PackedWeight / PackedW4, once built
+
+    @property
+    def weight_q(self) -> np.ndarray | None:
+        if self._weight_q is None and self.packed is not None:
+            return self.packed.unpack() if hasattr(self.packed, "unpack") else self.packed.values()
+        return self._weight_q
+
+    @weight_q.setter
+    def weight_q(self, value) -> None:
+        self._weight_q, self.packed = value, None
+
+    def hold_packed(self, packed) -> None:
+        """Keep only the kernels' packed copy of the weight (weight_q unpacks it on demand)."""
+        self._weight_q, self.packed = None, packed
+
+    def weight_shape(self) -> tuple:
+        return (self.packed.N, self.packed.K) if self._weight_q is None else self._weight_q.shape
+
+    def held_arrays(self) -> list:
+        """The arrays this site holds for its weight: one integer copy and the scales."""
+        held = [self._weight_q] if self._weight_q is not None else \
+            [getattr(self.packed, part, None) for part in ("data", "colinit")]
+        return [a for a in held + [self.weight_qp.scale, self.weight_qp.multiplier] if a is not None]
 
     def weight_scale_per_row(self) -> np.ndarray:
         """s_w per output row (for the int32 bias): channel scales, or each row's group scale."""
-        qp, out = self.weight_qp, self.weight_q.shape[0]
+        qp, out = self.weight_qp, self.weight_shape()[0]
         g = qp.spec.granularity
         if g == "tensor":
             return np.full(out, qp.scale, F32)
@@ -190,7 +219,7 @@ class QuantizedModel:
         from .kernels.reference import dequant_step
         q = self.quantized_sites[site]
         step = dequant_step(q.weight_qp).astype(F32)
-        spec, N = q.rule.weight, q.weight_q.shape[0]
+        spec, N = q.rule.weight, q.weight_shape()[0]
         if spec.granularity == "tensor":
             return np.full(N, step.reshape(()), F32)
         if spec.granularity == "group" and spec.group_kind == "rows":
@@ -200,18 +229,41 @@ class QuantizedModel:
     def _kernel_weight(self, site: str, backend: str):
         """The site's integer weight in the layout of ``backend``'s kernels, built once."""
         key = (backend, site)
+        q = self.quantized_sites[site]
+        if backend == "numba":
+            if q.packed is None:
+                from .kernels import cpu, reference
+                spec = q.rule.weight
+                if spec.bits == 8:
+                    q.hold_packed(cpu.prepack(q.weight_q))
+                else:
+                    group = spec.group_size if spec.granularity == "group" and spec.group_kind == "input" \
+                        else None
+                    q.hold_packed(cpu.prepack_w4(reference.pack_w4(q.weight_q), q.weight_shape()[1], group))
+            return q.packed
         if key not in self._kernel_weights:
-            from .kernels import cpu, reference
-            q = self.quantized_sites[site]
-            spec = q.rule.weight
-            if spec.bits == 8:
-                w = cpu.prepack(q.weight_q) if backend == "numba" else q.weight_q
-            else:
-                packed = reference.pack_w4(q.weight_q)
-                group = spec.group_size if spec.granularity == "group" and spec.group_kind == "input" else None
-                w = cpu.prepack_w4(packed, q.weight_q.shape[1], group) if backend == "numba" else packed
-            self._kernel_weights[key] = w
+            from .kernels import reference
+            w = q.weight_q
+            self._kernel_weights[key] = w if q.rule.weight.bits == 8 else reference.pack_w4(w)
         return self._kernel_weights[key]
+
+    def resident_weight_bytes(self) -> int:
+        """Bytes of weights this model holds for its integer path: each quantized site's one
+        integer copy (canonical or packed) and scales, the quantized embedding tables and scales,
+        and float32 for every other tensor the forward reads (LayerNorms, biases, float sites and
+        embeddings). Each array counted once."""
+        seen, total = set(), 0
+        arrays = [a for q in self.quantized_sites.values() for a in q.held_arrays()]
+        arrays += [a for table, qp in self.embeddings.values() for a in (table, qp.scale)]
+        for a in arrays:
+            if a is not None and id(a) not in seen:
+                seen.add(id(a))
+                total += a.nbytes
+        quantized = {s + ".weight" for s in self.quantized_sites} | set(self.embeddings)
+        for name, shape in self.float_model.expected_shapes().items():
+            if name not in quantized:
+                total += 4 * int(np.prod(shape))
+        return total
 
     def _integer_linear(self, site: str, x: np.ndarray, kern) -> np.ndarray:
         """The site on the integer kernels: quantize the input (the recipe's dynamic spec or

@@ -76,3 +76,29 @@ def test_minilm_backends_identical_and_close_to_float():
     qm = rq.quantize_model(m, "zeroquant-w8a8", progress=False)
     cos = rq.analysis.cosine(m.sentence_embedding(batch), qm.sentence_embedding(batch))
     assert cos.min() > 0.99
+
+
+@pytest.mark.parametrize("name", ["zeroquant-w8a8", "zeroquant-w4a8", "nvidia-ptq-max"])
+def test_numba_path_holds_one_integer_copy_of_each_weight(model, name, tmp_path):
+    qm = rq.quantize_model(model, name, calib=batches(model), num_groups=GROUPS[model.family], progress=False)
+    before = {s: q.weight_q.copy() for s, q in qm.quantized_sites.items()}
+    held_before = qm.resident_weight_bytes()
+    qm.save(tmp_path / "before")
+    ids = batches(model, 1, seed=3)[0]
+    want = qm.forward(ids, backend="numpy")
+    assert same_bits(qm.forward(ids, backend="numba"), want)
+    integer = [s for s, q in qm.quantized_sites.items()  # (the forward never runs BERT's pooler)
+               if q.rule.activation is not None and s != "pooler.dense"]
+    assert integer
+    for site in integer:
+        q = qm.quantized_sites[site]
+        assert q._weight_q is None and q.packed is not None, site  # the canonical array released
+        assert q.weight_q.dtype == np.int8 and np.array_equal(q.weight_q, before[site]), site
+    swapped = sum(q.packed.data.nbytes + getattr(q.packed, "colinit", np.empty(0)).nbytes - before[s].nbytes
+                  for s, q in qm.quantized_sites.items() if q.packed is not None)
+    assert qm.resident_weight_bytes() == held_before + swapped  # packed replaced canonical, not added
+    assert same_bits(qm.forward(ids, backend="numba"), want)
+    assert same_bits(qm.forward(ids, backend="numpy"), want)
+    qm.save(tmp_path / "after")  # the checkpoint is the same, byte for byte
+    for f in sorted((tmp_path / "before").iterdir()):
+        assert f.read_bytes() == (tmp_path / "after" / f.name).read_bytes(), f.name

@@ -87,6 +87,7 @@ def test_gemm_every_path_equals_int64_matmul(shape, seed, style):
     got = ref.gemm_i8(a, w)
     assert got.dtype == np.int32 and np.array_equal(got, want)
     packed = cpu.prepack(w)
+    assert np.array_equal(packed.unpack(), w) and packed.unpack().dtype == np.int8  # only copy kept
     for path in ALL_PATHS:
         assert np.array_equal(cpu.gemm_i8(a, packed, path=path), want), path
     assert np.array_equal(cpu.gemm_i8(a, w), want)  # unpacked weights, default path
@@ -205,6 +206,7 @@ def test_w4a8(shape, seed, style, extremes4, gelu, bias, per_token, group):
         want = ref.linear_w4a8_rows(a, s_a, packed, K, s_w, b, act)
         assert same_bits(want, ref.linear_i8(a, s_a, w4, s_w, b, act))
         prepacked = cpu.prepack_w4(packed, K)
+        assert np.array_equal(prepacked.values(), w4)  # the packed copy is the only one kept
         for path in ALL_PATHS:
             assert same_bits(cpu.linear_w4a8_rows(a, s_a, prepacked, K, s_w, b, act, path=path), want)
         assert same_bits(cpu.linear_w4a8_rows(a, s_a, packed, K, s_w, b, act), want)
@@ -221,6 +223,7 @@ def test_w4a8(shape, seed, style, extremes4, gelu, bias, per_token, group):
     y = y + b if bias else y
     assert same_bits(want, gelu_erf_float32(y) if gelu else y)
     prepacked = cpu.prepack_w4(packed, K, group)
+    assert np.array_equal(prepacked.values(), w4)
     for path in ALL_PATHS:
         assert same_bits(cpu.linear_w4a8_groups(a, s_a, prepacked, K, s_w, group, b, act, path=path),
                          want), path

@@ -110,15 +110,21 @@ class PackedWeight:
              K padded to a multiple of 64 and N to a multiple of 32, so that 16 consecutive
              K-steps of a block are one AMX tile).
     colinit  int32 [NB * 16]: -128 * sum_k w[n, k], the u8-shift correction.
-    w        the original int8 [N, K] array (the portable path reads it).
+    The original [N, K] array is not kept (the packed copy is the only one a QuantizedModel
+    holds); ``unpack()`` gives it back, byte for byte, for the portable path and for saving.
     """
-    w: np.ndarray
     data: np.ndarray
     colinit: np.ndarray
     N: int
     K: int
     Kq: int
     NB: int
+
+    def unpack(self) -> np.ndarray:
+        """The int8 [N, K] array this was packed from."""
+        blocks = self.data[:self.NB * self.Kq * 64].reshape(self.NB, self.Kq, 16, 4)
+        return np.ascontiguousarray(blocks.transpose(0, 2, 1, 3).reshape(self.NB * 16, self.Kq * 4)
+                                    [:self.N, :self.K])
 
 
 def prepack(w) -> PackedWeight:
@@ -134,7 +140,7 @@ def prepack(w) -> PackedWeight:
     data[:NB * Kq * 64] = padded.reshape(NB, 16, Kq, 4).transpose(0, 2, 1, 3).reshape(-1)
     colinit = np.zeros(NB * 16, np.int32)
     colinit[:N] = -128 * w.astype(np.int64).sum(axis=1)  # |.| <= 2^14 K: fits int32 for K <= I8_MAX_K
-    return PackedWeight(w, data, colinit, N, K, Kq, NB)
+    return PackedWeight(data, colinit, N, K, Kq, NB)
 
 
 @dataclass(frozen=True, eq=False)
@@ -146,9 +152,9 @@ class PackedW4:
     block b (16 output rows), K-step pair t (8 values of the padded K) holds ``w + 8`` (0..15)
     of row 16b + l, values 8t + j (low nibble) and 8t + 4 + j (high nibble) at byte
     64 * (b * G * Gp / 8 + t) + 4 l + j.
-    packed   the pack_w4 array [N, ceil(K/2)] (the portable path reads it).
+    The pack_w4 array is not kept; ``values()`` gives the int4 values [N, K] back (the portable
+    path packs them again).
     """
-    packed: np.ndarray
     data: np.ndarray
     N: int
     K: int
@@ -156,6 +162,21 @@ class PackedW4:
     G: int
     Gp: int
     NB: int
+
+    def values(self) -> np.ndarray:
+        """The int4 values, int8 [N, K] in -8..7, this was packed from."""
+        n = self.NB * 16 * self.G * self.Gp  # values, two per byte
+        nib = np.empty((n // 2, 2), np.int8)
+        nib[:, 0] = self.data[:n // 2] & np.uint8(0xF)
+        nib[:, 1] = self.data[:n // 2] >> np.uint8(4)
+        nib = nib.reshape(self.NB, self.G * self.Gp // 8, 16, 4, 2).transpose(0, 2, 1, 4, 3)
+        padded = nib.reshape(self.NB * 16, self.G, self.Gp)[:self.N] - np.int8(8)
+        gs = self.K if self.group_size is None else self.group_size
+        out = np.empty((self.N, self.K), np.int8)
+        for g in range(self.G):
+            lo, hi = g * gs, min(self.K, (g + 1) * gs)
+            out[:, lo:hi] = padded[:, g, :hi - lo]
+        return out
 
 
 def prepack_w4(w_packed, K, group_size=None) -> PackedW4:
@@ -177,8 +198,7 @@ def prepack_w4(w_packed, K, group_size=None) -> PackedW4:
     nib = padded.reshape(NB, 16, G * Gp // 8, 2, 4).transpose(0, 2, 1, 4, 3).astype(np.uint8)
     data = _aligned_empty(max(nib.size // 2, 1), np.uint8)
     data[:nib.size // 2] = (nib[..., 0] | (nib[..., 1] << np.uint8(4))).reshape(-1)
-    return PackedW4(np.ascontiguousarray(w_packed), data, N, K,
-                    None if group_size is None else gs, G, Gp, NB)
+    return PackedW4(data, N, K, None if group_size is None else gs, G, Gp, NB)
 
 
 # ---------------------------------------------------------------------------------------
@@ -873,11 +893,18 @@ _DUMMY_I1 = np.zeros(1, np.int8)
 
 
 def _as_weight(w, what):
-    """(int8 w [N, K], PackedWeight or None)."""
+    """(int8 w [N, K] or None, PackedWeight or None, (N, K)): one of the first two is set."""
     if isinstance(w, PackedWeight):
-        return w.w, w
+        return None, w, (w.N, w.K)
     ref.check_int_matrix(w, np.int8, f"{what}: w")
-    return w, None
+    return w, None, w.shape
+
+
+def _check_a(a, K, what):
+    ref.check_int_matrix(a, np.int8, f"{what}: a")
+    if a.shape[1] != K:
+        raise ShapeError(f"{what}: a is [M, K] = {list(a.shape)} and the weights have K = {K}: "
+                         "K differs")
 
 
 def _scales(s_a, M):
@@ -944,28 +971,29 @@ def _run_portable_i8(ep, a, w):
               ep.out_f, ep.err)
 
 
-def _result(ep, what, a, w):
+def _result(ep, what, a, w, packed):
     if ep.mode == OUT_INT:
         return ep.out_i
     if ep.err[0]:
-        total = ref.gemm_i8(a, w).astype(np.int64) + ep.q_bias.astype(np.int64)
+        total = ref.gemm_i8(a, packed.unpack() if w is None else w).astype(np.int64) + ep.q_bias.astype(np.int64)
         raise OutOfRangeError(ref._bias_overflow_message(np.broadcast_to(total, ep.out_f.shape), what))
     return _activate(ep.out_f, ep.activation)
 
 
 def _gemm(what, a, w, path, mode, s_a=None, s_w=None, bias=None, activation=None, q_bias=None):
-    w_arr, packed = _as_weight(w, what)
-    M, K, N = ref.check_gemm(a, w_arr, what)
+    w_arr, packed, (N, K) = _as_weight(w, what)
+    _check_a(a, K, what)
+    M = a.shape[0]
     ref.check_k(M, K, N, I8_MAX_K, what)
     path = _path(path)
     ep = _Epilogue(what, mode, M, N, s_a, s_w, bias, activation, q_bias)
     if M and N:
         if path == "portable" or K == 0:
-            _run_portable_i8(ep, a, w_arr)
+            _run_portable_i8(ep, a, packed.unpack() if w_arr is None else w_arr)
         else:
             _run_vnni_i8(ep, packed if packed is not None else prepack(w_arr), M, N, path, IN_INT8,
                          a=np.ascontiguousarray(a))
-    return _result(ep, what, a, w_arr)
+    return _result(ep, what, a, w_arr, packed)
 
 
 def gemm_i8(a, w, path=None) -> np.ndarray:
@@ -991,15 +1019,14 @@ def quantize_linear_i8(x, quant, w, s_w, bias=None, activation=None, path=None) 
     the int8 activations are never written out (per-tensor dynamic specs take one more pass
     for the amax)."""
     what = "quantize_linear_i8"
-    w_arr, packed = _as_weight(w, what)
+    w_arr, packed, (N, K_w) = _as_weight(w, what)
     if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim != 2:
         raise DTypeError(f"{what}: x must be a float32 array [M, K], got "
                          f"{getattr(x, 'dtype', type(x).__name__)} {getattr(x, 'shape', '')}")
     M, K = x.shape
-    N = w_arr.shape[0]
-    if w_arr.shape[1] != K:
+    if K_w != K:
         raise ShapeError(f"{what}: x is [M, K] = {list(x.shape)} and w is [N, K] = "
-                         f"{list(w_arr.shape)}: K differs")
+                         f"{[N, K_w]}: K differs")
     ref.check_k(M, K, N, I8_MAX_K, what)
     path = _path(path)
     if path == "portable" or K == 0 or not (M and N):
@@ -1052,12 +1079,14 @@ def _w4(what, a, s_a, w_packed, K, s_w, group_size, bias, activation, path):
             raise ConfigError(f"{what}: the PackedW4 was built with group_size="
                               f"{prepacked.group_size!r}; this call needs prepack_w4(w_packed, K, "
                               f"group_size={group_size!r})")
-        w_packed = prepacked.packed
-    K = ref.check_packed_w4(w_packed, K, what)
+        N = prepacked.N
+    else:
+        K = ref.check_packed_w4(w_packed, K, what)
+        N = w_packed.shape[0]
     ref.check_int_matrix(a, np.int8, f"{what}: a")
     if a.shape[1] != K:
         raise ShapeError(f"{what}: a is [M, K] = {list(a.shape)} but the weights have K = {K}")
-    M, N = a.shape[0], w_packed.shape[0]
+    M = a.shape[0]
     ref.check_k(M, K, N, W4_MAX_K, what)
     if group_size is None:
         G, gs = 1, K
@@ -1074,6 +1103,8 @@ def _w4(what, a, s_a, w_packed, K, s_w, group_size, bias, activation, path):
     out_f = np.empty((M, N), F32)
     if M and N:
         if path == "portable" or K == 0 or G == 0:
+            if prepacked is not None:
+                w_packed = ref.pack_w4(prepacked.values())
             _pool.run(_portable_w4, _pool.threads(), np.ascontiguousarray(a),
                       np.ascontiguousarray(w_packed), G, gs, s_a_arr, sa_stride, s_wT, bias_arr,
                       int(bias is not None), out_f)

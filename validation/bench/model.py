@@ -98,33 +98,9 @@ def weight_bytes_float(m) -> int:
 
 
 def weight_bytes_quantized(qm) -> int:
-    """Bytes the numba integer path holds for weights after a forward: each quantized site's
-    int8 weight, its scales and its prepacked kernel copy; the int8 embedding tables and their
-    scales; float32 for every other tensor the model reads (LayerNorms, biases, float sites,
-    float embeddings). Each array counted once."""
-    seen, total = set(), 0
-
-    def add(a):
-        nonlocal total
-        if a is not None and id(a) not in seen:
-            seen.add(id(a))
-            total += a.nbytes
-    for (backend, site), w in qm._kernel_weights.items():
-        if backend == "numba":
-            for part in ("data", "colinit"):
-                add(getattr(w, part, None))
-    for q in qm.quantized_sites.values():
-        add(q.weight_q)
-        add(q.weight_qp.scale)
-        add(q.weight_qp.multiplier)
-    for table, qp in qm.embeddings.values():
-        add(table)
-        add(qp.scale)
-    quantized = {s + ".weight" for s in qm.quantized_sites} | set(qm.embeddings)
-    for name, shape in qm.float_model.expected_shapes().items():
-        if name not in quantized:
-            total += 4 * int(np.prod(shape))
-    return total
+    """QuantizedModel.resident_weight_bytes: each quantized site's one integer copy (after a
+    numba forward: the prepacked one) and scales, the int8 embedding tables, float32 for the rest."""
+    return qm.resident_weight_bytes()
 
 
 def main() -> int:
