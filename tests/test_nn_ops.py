@@ -230,3 +230,34 @@ def test_fused_bias_ops_give_the_unfused_bits(data, shape, with_bias):
         want = yb.reshape(*shape[:2], heads, c // heads).transpose(0, 2, 1, 3)
         got = nn.split_heads(y, b, heads)
         assert got.flags.c_contiguous and np.array_equal(bits(got), bits(want))
+
+
+def test_in_halves_runs_every_index_once_and_raises_helper_errors():
+    from refquant.nn._split import in_halves
+    seen = np.zeros(7, int)
+
+    def mark(lo, hi):
+        seen[lo:hi] += 1
+    in_halves(mark, 7, 1 << 20)
+    assert np.array_equal(seen, np.ones(7, int))
+
+    def fail(lo, hi):
+        if lo == 0:
+            raise ValueError("helper half")
+    import pytest
+    with pytest.raises(ValueError, match="helper half"):
+        in_halves(fail, 4, 1 << 20)
+
+
+def test_malloc_thresholds_set_once_and_can_be_turned_off():
+    import subprocess
+    import sys
+    code = "import refquant._malloc as m; print(m.keep_freed_memory(), m.keep_freed_memory())"
+    on = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    import os
+    off = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "REFQUANT_MALLOPT": "0"}).stdout.split()
+    assert off == ["False", "False"]
+    import platform
+    if sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc":
+        assert on == ["True", "True"]

@@ -7,6 +7,7 @@ import numpy as np
 
 from weights_io.errors import ConfigError, DTypeError, OutOfRangeError, ShapeError, WeightsFormatError
 
+from .._malloc import keep_freed_memory
 from ..nn import linear_forward
 
 F32 = np.float32
@@ -30,6 +31,7 @@ class Model:
         self.source = source
         self._cache: dict[str, np.ndarray | None] = {}
         self._check_weights()
+        keep_freed_memory()  # forward passes reuse freed activation pages (refquant._malloc)
 
     # -- sites -----------------------------------------------------------------------------
     def sites(self) -> list[str]:

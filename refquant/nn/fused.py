@@ -13,14 +13,21 @@ import math
 import numpy as np
 
 from .._numba import numba
+from ._split import in_halves
 
 MASKED = np.float32(np.finfo(np.float32).min)
 
 
 @numba.njit(cache=True, inline="always")
+def _rstd(v, c, eps):
+    return np.float32(1.0 / math.sqrt(np.float32(v / c) + eps))
+
+
+@numba.njit(cache=True, inline="always")
 def layer_norm_row_stats(x, r, eps):
-    """(mean, rstd) of row r, in THE defined order (sums left to right in float64); the fused
-    LayerNorm -> quantize kernel (refquant.kernels.cpu) calls this same function."""
+    """(mean, rstd) of row r, in THE defined order: s = sum_j x[r, j] left to right in float64,
+    mean = float32(s / C); v = sum_j float64(x[r, j] - mean)^2 left to right in float64;
+    rstd = float32(1 / sqrt(float32(v / C) + eps))."""
     c = x.shape[1]
     s = 0.0
     for j in range(c):
@@ -30,19 +37,58 @@ def layer_norm_row_stats(x, r, eps):
     for j in range(c):
         d = np.float64(x[r, j] - mean)
         v += d * d
-    return mean, np.float32(1.0 / math.sqrt(np.float32(v / c) + eps))
+    return mean, _rstd(v, c, eps)
+
+
+ROW_BLOCK = 4  # rows whose statistics are summed side by side
+
+
+@numba.njit(cache=True, inline="always")
+def layer_norm_block_stats(x, r0, eps, mean, rstd):
+    """layer_norm_row_stats of rows r0 .. r0 + ROW_BLOCK - 1 (fewer at the end) into mean[r] and
+    rstd[r]. Each row's sums keep THE order above; four rows are summed side by side only so
+    that their four float64 dependency chains overlap (one chain waits 4 cycles per add). The
+    fused LayerNorm -> quantize kernel (refquant.kernels.cpu) calls this same function."""
+    rows, c = x.shape
+    if r0 + 4 > rows:
+        for r in range(r0, rows):
+            mean[r], rstd[r] = layer_norm_row_stats(x, r, eps)
+        return
+    s0 = s1 = s2 = s3 = 0.0
+    for j in range(c):
+        s0 += x[r0, j]
+        s1 += x[r0 + 1, j]
+        s2 += x[r0 + 2, j]
+        s3 += x[r0 + 3, j]
+    m0, m1, m2, m3 = np.float32(s0 / c), np.float32(s1 / c), np.float32(s2 / c), np.float32(s3 / c)
+    v0 = v1 = v2 = v3 = 0.0
+    for j in range(c):
+        d0 = np.float64(x[r0, j] - m0)
+        d1 = np.float64(x[r0 + 1, j] - m1)
+        d2 = np.float64(x[r0 + 2, j] - m2)
+        d3 = np.float64(x[r0 + 3, j] - m3)
+        v0 += d0 * d0
+        v1 += d1 * d1
+        v2 += d2 * d2
+        v3 += d3 * d3
+    mean[r0], mean[r0 + 1], mean[r0 + 2], mean[r0 + 3] = m0, m1, m2, m3
+    rstd[r0], rstd[r0 + 1] = _rstd(v0, c, eps), _rstd(v1, c, eps)
+    rstd[r0 + 2], rstd[r0 + 3] = _rstd(v2, c, eps), _rstd(v3, c, eps)
 
 
 @numba.njit(cache=True, parallel=True)
 def _layer_norm_rows(x, gamma, beta, eps, y, xhat, rstd):
     rows, c = x.shape
-    for r in numba.prange(rows):
-        mean, inv = layer_norm_row_stats(x, r, eps)
-        rstd[r] = inv
-        for j in range(c):
-            h = (x[r, j] - mean) * inv
-            xhat[r, j] = h
-            y[r, j] = h * gamma[j] + beta[j]
+    means = np.empty(rows, np.float32)
+    for blk in numba.prange((rows + ROW_BLOCK - 1) // ROW_BLOCK):
+        r0 = blk * ROW_BLOCK
+        layer_norm_block_stats(x, r0, eps, means, rstd)
+        for r in range(r0, min(rows, r0 + ROW_BLOCK)):
+            mean, inv = means[r], rstd[r]
+            for j in range(c):
+                h = (x[r, j] - mean) * inv
+                xhat[r, j] = h
+                y[r, j] = h * gamma[j] + beta[j]
 
 
 def layer_norm_rows(x, gamma, beta, eps):
@@ -61,15 +107,20 @@ def layer_norm_rows(x, gamma, beta, eps):
 @numba.njit(cache=True, parallel=True)
 def _residual_layer_norm_rows(x, y, bias, has_bias, gamma, beta, eps, out, xhat, rstd):
     rows, c = x.shape
-    for r in numba.prange(rows):
-        for j in range(c):  # the residual sum lands in out's row, then is normalized there
-            out[r, j] = x[r, j] + ((y[r, j] + bias[j]) if has_bias else y[r, j])
-        mean, inv = layer_norm_row_stats(out, r, eps)
-        rstd[r] = inv
-        for j in range(c):
-            h = (out[r, j] - mean) * inv
-            xhat[r, j] = h
-            out[r, j] = h * gamma[j] + beta[j]
+    means = np.empty(rows, np.float32)
+    for blk in numba.prange((rows + ROW_BLOCK - 1) // ROW_BLOCK):
+        r0 = blk * ROW_BLOCK
+        r1 = min(rows, r0 + ROW_BLOCK)
+        for r in range(r0, r1):  # the residual sum lands in out's rows, then is normalized there
+            for j in range(c):
+                out[r, j] = x[r, j] + ((y[r, j] + bias[j]) if has_bias else y[r, j])
+        layer_norm_block_stats(out, r0, eps, means, rstd)
+        for r in range(r0, r1):
+            mean, inv = means[r], rstd[r]
+            for j in range(c):
+                h = (out[r, j] - mean) * inv
+                xhat[r, j] = h
+                out[r, j] = h * gamma[j] + beta[j]
 
 
 def residual_layer_norm_rows(x, y, bias, gamma, beta, eps):
@@ -108,8 +159,37 @@ def split_heads(y, bias, heads):
     return out
 
 
+@numba.njit(cache=True, inline="always")
+def _hide_and_max(row, key_ok, b, t, shift, causal, has_hidden):
+    """Hide masked scores (key_ok[b, s] == 0, or s > t + shift when causal) and return the row's
+    max. The max is order-free (exact), so it is taken in 8 independent lanes (no branch
+    mispredictions, no single dependency chain)."""
+    S = row.shape[0]
+    limit = min(S, t + shift + 1) if causal else S
+    for s in range(limit, S):
+        row[s] = MASKED
+    if has_hidden:
+        for s in range(limit):
+            if key_ok[b, s] == 0:
+                row[s] = MASKED
+    m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = MASKED
+    S8 = S - S % 8
+    for s in range(0, S8, 8):
+        m0 = max(m0, row[s])
+        m1 = max(m1, row[s + 1])
+        m2 = max(m2, row[s + 2])
+        m3 = max(m3, row[s + 3])
+        m4 = max(m4, row[s + 4])
+        m5 = max(m5, row[s + 5])
+        m6 = max(m6, row[s + 6])
+        m7 = max(m7, row[s + 7])
+    for s in range(S8, S):
+        m0 = max(m0, row[s])
+    return max(max(max(m0, m1), max(m2, m3)), max(max(m4, m5), max(m6, m7)))
+
+
 @numba.njit(cache=True, parallel=True)
-def _mask_and_shift_rows(scores, key_ok, causal):
+def _mask_and_shift_rows(scores, key_ok, causal, has_hidden):
     """Hide masked scores, then subtract each row's max (one pass per row)."""
     B, H, T, S = scores.shape
     shift = S - T
@@ -117,26 +197,37 @@ def _mask_and_shift_rows(scores, key_ok, causal):
         b = flat // (H * T)
         t = flat % T
         row = scores[b, (flat // T) % H, t]
-        m = MASKED
-        for s in range(S):
-            if key_ok[b, s] == 0 or (causal and s > t + shift):
-                row[s] = MASKED
-            if row[s] > m:
-                m = row[s]
+        m = _hide_and_max(row, key_ok, b, t, shift, causal, has_hidden[b])
         for s in range(S):
             row[s] = row[s] - m
 
 
 @numba.njit(cache=True, parallel=True)
 def _normalize_rows(e):
-    """Divide each row by its sum, accumulated left to right in float32."""
+    """Divide each row by its sum, accumulated left to right in float32. Four rows are summed
+    side by side (each in its own order) so that their dependency chains overlap."""
     rows, S = e.shape
-    for r in numba.prange(rows):
-        total = np.float32(0.0)
-        for s in range(S):
-            total += e[r, s]
-        for s in range(S):
-            e[r, s] = e[r, s] / total
+    for blk in numba.prange((rows + 3) // 4):
+        r0 = 4 * blk
+        if r0 + 4 <= rows:
+            t0 = t1 = t2 = t3 = np.float32(0.0)
+            for s in range(S):
+                t0 += e[r0, s]
+                t1 += e[r0 + 1, s]
+                t2 += e[r0 + 2, s]
+                t3 += e[r0 + 3, s]
+            for s in range(S):
+                e[r0, s] = e[r0, s] / t0
+                e[r0 + 1, s] = e[r0 + 1, s] / t1
+                e[r0 + 2, s] = e[r0 + 2, s] / t2
+                e[r0 + 3, s] = e[r0 + 3, s] / t3
+        else:
+            for r in range(r0, rows):
+                total = np.float32(0.0)
+                for s in range(S):
+                    total += e[r, s]
+                for s in range(S):
+                    e[r, s] = e[r, s] / total
 
 
 def masked_softmax_(scores, key_mask=None, causal=False):
@@ -146,7 +237,7 @@ def masked_softmax_(scores, key_mask=None, causal=False):
     exp is NumPy's (vectorized); masking, the max and the normalization are fused passes."""
     B, _, _, S = scores.shape
     ok = np.ones((B, S), np.uint8) if key_mask is None else (np.asarray(key_mask) != 0).astype(np.uint8)
-    _mask_and_shift_rows(scores, ok, causal)
-    np.exp(scores, out=scores)
+    _mask_and_shift_rows(scores, ok, causal, (ok == 0).any(axis=1).astype(np.uint8))
+    in_halves(lambda lo, hi: np.exp(scores[lo:hi], out=scores[lo:hi]), B, scores.size)
     _normalize_rows(scores.reshape(-1, S))
     return scores

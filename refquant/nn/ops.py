@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import erf
 
+from ._split import in_halves
 from .fast_erf import gelu_erf_float32
 from .fused import layer_norm_rows, masked_softmax_, residual_layer_norm_rows
 
@@ -127,7 +128,11 @@ def attention_forward(q, k, v, key_mask=None, causal=False):
     qg = (q * F32(1 / np.sqrt(D))).reshape(B, Hkv, group * T, D)
     kt = np.ascontiguousarray(k.transpose(0, 1, 3, 2))  # numpy's batched matmul is 2x faster
     v = np.ascontiguousarray(v)                         # on contiguous operands (same bits)
-    scores = (qg @ kt).reshape(B, H, T, k.shape[2])
-    p = masked_softmax_(scores, key_mask, causal)  # in place, one pass per row
-    out = (p.reshape(B, Hkv, group * T, -1) @ v).reshape(B, H, T, D)
-    return out, (q, k, v, p)
+    S = k.shape[2]
+    scores = np.empty((B, Hkv, group * T, S), F32)
+    in_halves(lambda lo, hi: np.matmul(qg[lo:hi], kt[lo:hi], out=scores[lo:hi]), B, scores.size)
+    p = masked_softmax_(scores.reshape(B, H, T, S), key_mask, causal)  # in place, one pass per row
+    out = np.empty((B, Hkv, group * T, D), F32)
+    pg = p.reshape(B, Hkv, group * T, S)
+    in_halves(lambda lo, hi: np.matmul(pg[lo:hi], v[lo:hi], out=out[lo:hi]), B, scores.size)
+    return out.reshape(B, H, T, D), (q, k, v, p)
