@@ -9,6 +9,7 @@ from hypothesis.extra import numpy as hnp
 
 import refquant as rq
 from refquant.quant import param_shape
+from refquant.testing import quant_specs, tensors
 
 F32 = np.float32
 
@@ -19,55 +20,7 @@ def same_bits(a, b):
         a.view(f"u{a.dtype.itemsize}"), b.view(f"u{b.dtype.itemsize}"))
 
 
-@st.composite
-def specs(draw, granularity=None):
-    """Any valid QuantSpec: every dialect with random overrides, or a hand-made one."""
-    base = draw(st.sampled_from(list(rq.DIALECTS) + ["custom"]))
-    bits = draw(st.integers(2, 8))
-    signed = draw(st.booleans())
-    symmetric = draw(st.booleans())
-    fields = dict(bits=bits, signed=signed, symmetric=symmetric,
-                  narrow=signed and draw(st.booleans()),
-                  rounding=draw(st.sampled_from(["half_even", "half_away"])))
-    if symmetric:
-        fields["mapping"] = draw(st.sampled_from(["divide", "reciprocal", "multiplier"]))
-        fields["zero_point_add"] = draw(st.sampled_from(["after_round", "before_round"]))
-        if not signed:
-            fields["unsigned_symmetric"] = draw(st.sampled_from(["offset", "nonnegative"]))
-    else:
-        fields["mapping"] = draw(st.sampled_from(["divide", "reciprocal"]))
-        fields["zero_point_add"] = draw(st.sampled_from(["after_round", "before_round", "float_offset"]))
-        fields["zero_point_rule"] = draw(st.sampled_from(["offset_then_round", "round_then_offset"]))
-        fields["include_zero"] = fields["zero_point_add"] != "float_offset" or draw(st.booleans())
-    fields["denominator"] = draw(st.sampled_from(["qmax", "half_range", "pow2"]))
-    g = granularity or draw(st.sampled_from(["tensor", "channel", "group", "token"]))
-    fields["granularity"] = g
-    if g == "token":
-        fields["dynamic"] = True
-    if g == "channel":
-        fields["axis"] = 0
-    if g == "group":
-        if draw(st.booleans()):
-            fields.update(group_kind="input", group_size=draw(st.integers(1, 5)), partial_group="allow")
-        else:
-            fields.update(group_kind="rows", num_groups=draw(st.sampled_from([1, 2, 3])))
-    if fields["mapping"] != "multiplier":
-        fields["degenerate_output"] = "scale"   # ModelOpt's zero multiplier needs its mapping
-    if base == "custom":
-        return rq.QuantSpec(**fields)
-    return rq.dialect(base, **fields)
-
-
-EDGE_VALUES = [0.0, -0.0, 0.5, -0.5, 1.5, -2.5, 127.5, -128.5, 127.0, -128.0, 7.5, -8.5, 1e-30, -1000.0]
-
-
-def tensors(min_side=1, max_side=7, ndim=2, elements=None):
-    """Float32 arrays mixing ordinary values with edges: ties at .5, the int8/int4 bounds,
-    signed zeros, tiny and large magnitudes."""
-    elements = elements or st.one_of(st.floats(-1000, 1000, width=32, allow_subnormal=False),
-                                     st.sampled_from(EDGE_VALUES).map(np.float32))
-    return hnp.arrays(F32, hnp.array_shapes(min_dims=ndim, max_dims=ndim, min_side=min_side, max_side=max_side),
-                      elements=elements)
+specs = quant_specs  # the strategies users import from refquant.testing, tested here
 
 
 def fits(x, spec):
