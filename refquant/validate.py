@@ -386,6 +386,29 @@ def _finite(v):
 # ---------------------------------------------------------------------------------------------
 # the run
 # ---------------------------------------------------------------------------------------------
+def checkpoint_bytes(path: Path) -> int:
+    ckpt = weights_io.open_checkpoint(path)
+    return sum(os.path.getsize(f) for f in ckpt.files)
+
+
+def memory_room() -> int | None:
+    """Bytes this process may still use: the lower of the address-space limit (ulimit -v) and
+    MemAvailable; None when neither is known."""
+    import resource
+    limits = []
+    soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+    if soft != resource.RLIM_INFINITY:
+        limits.append(soft)
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    limits.append(int(line.split()[1]) * 1024)
+    except OSError:
+        pass
+    return min(limits) if limits else None
+
+
 def check_weights_finite(model) -> None:
     for name in model.expected_shapes():
         check_finite(np.asarray(model.weights[name]), f"{model.source}: tensor {model.weights.hf_name(name)!r}")
@@ -407,7 +430,10 @@ def run(args) -> int:
     recipes = list(dict.fromkeys(args.recipe or DEFAULT_RECIPES))
     path = Path(args.checkpoint) if args.checkpoint else default_checkpoint()
     t0 = time.perf_counter()
-    model = load(path)
+    size = checkpoint_bytes(path)
+    room = memory_room()
+    stream = args.stream or (room is not None and size > room // 2)
+    model = load(path, stream=stream)
     check_weights_finite(model)
 
     theirs = weights_io.SafetensorsFile(args.compare) if args.compare else None
@@ -427,7 +453,9 @@ def run(args) -> int:
     calib = text_batches(model, read_text(args.calib), args.calib, args.max_tokens).batches if args.calib \
         else inputs.batches[:1]
 
-    print(f"refquant {__version__} validate: {path} ({model.family}, {len(model.sites())} GEMM sites)", file=out)
+    print(f"refquant {__version__} validate: {path} ({model.family}, {len(model.sites())} GEMM sites, "
+          f"{size / 2**20:.0f} MiB" + (", weights streamed: each read when used and freed after"
+                                       if stream else "") + ")", file=out)
     print(f"inputs: {inputs.source}: {inputs.sequences} sequences, {inputs.tokens} tokens "
           f"(sha256 {inputs.sha256[:16]}); calibration: "
           f"{args.calib or 'the first batch of the inputs'}; backend {args.backend}", file=out)
@@ -586,6 +614,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: the first batch of the inputs)")
     p.add_argument("--backend", choices=["numba", "numpy"], default="numba",
                    help="integer kernels: numba (fast) or numpy (the reference); same bytes")
+    p.add_argument("--stream", action="store_true",
+                   help="read each weight when a site needs it and free it after (automatic when the "
+                        "checkpoint exceeds half the memory available)")
     p.add_argument("--max-tokens", type=int, default=MAX_TOKENS, help="longer texts are cut (default 128)")
     p.add_argument("--sites", action="store_true", help="print every site, not the five worst per recipe")
     p.add_argument("--json", metavar="FILE", help="write the report as JSON (schema: README)")

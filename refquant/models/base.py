@@ -24,11 +24,12 @@ class Model:
 
     family = ""
 
-    def __init__(self, config, weights, tokenizer=None, source: str = ""):
+    def __init__(self, config, weights, tokenizer=None, source: str = "", stream: bool = False):
         self.config = config
         self.weights = weights
         self.tokenizer = tokenizer
         self.source = source
+        self.stream = stream  # read each weight when used, keep none (checkpoints above memory)
         self._cache: dict[str, np.ndarray | None] = {}
         self._check_weights()
         keep_freed_memory()  # forward passes reuse freed activation pages (refquant._malloc)
@@ -64,7 +65,11 @@ class Model:
 
     def w(self, name: str, optional: bool = False):
         """Weight ``name`` as float32 [out, in] (read from the checkpoint once, then kept: a
-        memory map for float32 files, a converted copy otherwise)."""
+        memory map for float32 files, a converted copy otherwise). A streaming model
+        (``rq.load(path, stream=True)``) keeps nothing: each call maps the tensor again and the
+        mapping goes when the caller drops the array, so at most the weights in use are held."""
+        if self.stream:
+            return None if optional and name not in self.weights else self.weights[name]
         if name not in self._cache:
             if optional and name not in self.weights:
                 self._cache[name] = None

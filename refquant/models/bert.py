@@ -17,11 +17,11 @@ ACTIVATIONS = {"gelu": gelu_erf_forward, "gelu_new": gelu_tanh_forward,
 class Bert(Model):
     family = "bert"
 
-    def __init__(self, config, weights, tokenizer=None, source=""):
+    def __init__(self, config, weights, tokenizer=None, source="", stream=False):
         if config.hidden_act not in ACTIVATIONS:
             raise ConfigError(f"{source}: hidden_act {config.hidden_act!r} is not supported for BERT; "
                               f"supported: {', '.join(ACTIVATIONS)}")
-        super().__init__(config, weights, tokenizer, source)
+        super().__init__(config, weights, tokenizer, source, stream)
 
     @property
     def max_positions(self):

@@ -16,11 +16,11 @@ class GPT2(Model):
     family = "gpt2"
     embedding_weight = "wte.weight"
 
-    def __init__(self, config, weights, tokenizer=None, source=""):
+    def __init__(self, config, weights, tokenizer=None, source="", stream=False):
         if config.activation_function not in ACTIVATIONS:
             raise ConfigError(f"{source}: activation_function {config.activation_function!r} is not "
                               f"supported for GPT-2; supported: {', '.join(ACTIVATIONS)}")
-        super().__init__(config, weights, tokenizer, source)
+        super().__init__(config, weights, tokenizer, source, stream)
 
     @property
     def max_positions(self):

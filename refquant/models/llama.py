@@ -16,13 +16,13 @@ class Llama(Model):
     family = "llama"
     embedding_weight = "embed_tokens.weight"
 
-    def __init__(self, config, weights, tokenizer=None, source=""):
+    def __init__(self, config, weights, tokenizer=None, source="", stream=False):
         if config.hidden_act != "silu":
             raise ConfigError(f"{source}: hidden_act {config.hidden_act!r} is not supported for Llama (silu)")
         scaling = config.rope_scaling
         if scaling and scaling.get("rope_type", scaling.get("type")) not in (None, "default"):
             raise ConfigError(f"{source}: rope_scaling {scaling!r} is not supported (default RoPE only)")
-        super().__init__(config, weights, tokenizer, source)
+        super().__init__(config, weights, tokenizer, source, stream)
 
     @property
     def max_positions(self):
