@@ -181,3 +181,22 @@ def test_interrupt_leaves_no_file(tiny, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(validate.json, "dump", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
     code = validate.main([str(ckpt), "--ids", str(ids), "--recipe", "nvidia-ptq-max", "--json", str(tmp_path / "r.json")])
     assert code == 130 and list(tmp_path.iterdir()) == []  # neither the file nor its temporary
+
+
+def test_streaming_model_holds_no_weight_and_gives_the_same_bytes(tmp_path):
+    import refquant as rq
+    path, _ = gpt2_checkpoint(tmp_path / "gpt2")
+    ids = np.random.default_rng(2).integers(0, 40, size=(2, 6))
+    full, streamed = rq.load(path), rq.load(path, stream=True)
+    want = full.forward(ids)
+    assert np.array_equal(streamed.forward(ids).view(np.uint32), want.view(np.uint32))
+    assert streamed._cache == {} and len(full._cache) > 0
+    qa = rq.quantize_model(full, "zeroquant-w8a8", num_groups=5, progress=False).forward(ids)
+    qb = rq.quantize_model(streamed, "zeroquant-w8a8", num_groups=5, progress=False).forward(ids)
+    assert np.array_equal(qa.view(np.uint32), qb.view(np.uint32))
+
+
+def test_validate_stream_flag(tiny):
+    ckpt, ids = tiny
+    r = cli(ckpt, "--ids", ids, "--recipe", "nvidia-ptq-max", "--stream")
+    assert r.returncode == 0 and "weights streamed" in r.stdout, r.stderr
