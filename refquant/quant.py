@@ -416,35 +416,42 @@ def _cast_like_x86(v: np.ndarray, bits: int) -> np.ndarray:
     return out
 
 
-def _grid(x: np.ndarray, qp: QParams, name: str) -> np.ndarray:
-    """The quantized values as float32 (rounded, zero point applied, clipped): rules 2-5."""
+def rounded_grid(x: np.ndarray, qp: QParams, name: str = "x") -> np.ndarray:
+    """The grid positions of x rounded, zero point applied, NOT yet clipped to [qmin, qmax]
+    (rules 2-5): what PyTorch's fake-quant gradient mask tests. float32, or the integer the
+    stack casts to (onnx: int32, wrapping; torch: int64, NaN / out of range -> INT64_MIN)."""
     spec = qp.spec
     y, _, zp = _map(x, qp, name)
-    qmin, qmax = F32(spec.qmin), F32(spec.qmax)
     with np.errstate(invalid="ignore", over="ignore"):
         if spec.nonfinite == "onnx_int32_cast":  # onnx: rint(x/s).astype(int32); += zp; clip
             r = _cast_like_x86(round_values(y, spec.rounding), 32).astype(np.int32)
-            r = (r + zp.astype(np.int32)).astype(np.int32)  # int32 arithmetic wraps, as in onnx
-            return np.clip(r, spec.qmin, spec.qmax).astype(F32)
+            return (r + zp.astype(np.int32)).astype(np.int32)  # int32 arithmetic wraps, as in onnx
         if spec.nonfinite == "torch_int64_cast":  # aten: (int64)(zp + nearbyint(x*inv)); clamp
             v = (round_values(y, spec.rounding) + zp.astype(F32)).astype(F32)
-            return np.clip(_cast_like_x86(v, 64), spec.qmin, spec.qmax).astype(F32)
+            return _cast_like_x86(v, 64)
         if spec.zero_point_add == "before_round":
-            r = round_values((y + zp.astype(F32)).astype(F32), spec.rounding)
-        elif spec.zero_point_add == "fma_before_round":
+            return round_values((y + zp.astype(F32)).astype(F32), spec.rounding)
+        if spec.zero_point_add == "fma_before_round":
             factor = (F32(1) / expand(qp.scale, x.shape, spec, name) if spec.mapping == "reciprocal"
                       else expand(qp.multiplier, x.shape, spec, name))
-            r = round_values(fma_float32(x, factor, zp.astype(F32)), spec.rounding)
-        elif spec.zero_point_add == "after_round":
-            r = round_values(y, spec.rounding)
-            if _has_zero_point(spec):  # decided per spec, not per value: -0.0 + 0 would be +0.0
-                r = r + zp.astype(F32)
-        else:
-            r = round_values(y, spec.rounding)
-        out = np.clip(r, qmin, qmax).astype(F32)
-        if spec.nonfinite in ("nan_to_qmin", "nan_to_qmax"):
-            out[np.isnan(out)] = qmin if spec.nonfinite == "nan_to_qmin" else qmax
-        return out
+            return round_values(fma_float32(x, factor, zp.astype(F32)), spec.rounding)
+        r = round_values(y, spec.rounding)
+        if spec.zero_point_add == "after_round" and _has_zero_point(spec):
+            r = r + zp.astype(F32)  # decided per spec, not per value: -0.0 + 0 would be +0.0
+        return r
+
+
+def _grid(x: np.ndarray, qp: QParams, name: str) -> np.ndarray:
+    """The quantized values as float32 (rounded, zero point applied, clipped): rules 2-5."""
+    spec = qp.spec
+    r = rounded_grid(x, qp, name)
+    if r.dtype.kind == "i":
+        return np.clip(r, spec.qmin, spec.qmax).astype(F32)
+    with np.errstate(invalid="ignore"):
+        out = np.clip(r, F32(spec.qmin), F32(spec.qmax)).astype(F32)
+    if spec.nonfinite in ("nan_to_qmin", "nan_to_qmax"):
+        out[np.isnan(out)] = F32(spec.qmin) if spec.nonfinite == "nan_to_qmin" else F32(spec.qmax)
+    return out
 
 
 def fma_float32(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:

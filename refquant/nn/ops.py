@@ -35,22 +35,34 @@ def embedding_forward(ids, table):
 
 def layer_norm_forward(x, gamma, beta, eps):
     """(x - mean) / sqrt(var + eps) * gamma + beta over the last axis; var is the biased one.
-    One fused pass per row, statistics summed in float64 (refquant.nn.fused.layer_norm_rows)."""
+    One fused pass per row, statistics summed in float64 (refquant.nn.fused.layer_norm_rows).
+    float64 input (gradient checks) takes the NumPy expression in float64."""
+    if x.dtype == np.float64:
+        return _layer_norm64(x, gamma, beta, eps)
     y, xhat, rstd = layer_norm_rows(x, gamma, beta, eps)
     return y, (xhat, rstd, gamma)  # [..., C] -> [..., C]
+
+
+def _layer_norm64(x, gamma, beta, eps):
+    mean = x.mean(axis=-1, keepdims=True)
+    rstd = 1.0 / np.sqrt(((x - mean) ** 2).mean(axis=-1, keepdims=True) + eps)
+    xhat = (x - mean) * rstd
+    return xhat * gamma + beta, (xhat, rstd, gamma)
 
 
 def residual_layer_norm_forward(x, y, bias, gamma, beta, eps):
     """layer_norm(x + (y + bias)): a post-LN block's residual add, with the bias of the GEMM
     that made y fused in (bias None: x + y). Same bits as the unfused ops, one fused pass per
     row (refquant.nn.fused.residual_layer_norm_rows); the cache is layer_norm_forward's."""
+    if x.dtype == np.float64:
+        return _layer_norm64(x + (y if bias is None else y + bias), gamma, beta, eps)
     out, xhat, rstd = residual_layer_norm_rows(x, y, bias, gamma, beta, eps)
     return out, (xhat, rstd, gamma)  # [..., C] -> [..., C]
 
 
 def rms_norm_forward(x, gamma, eps):
     """x / sqrt(mean(x^2) + eps) * gamma over the last axis (Llama's RMSNorm)."""
-    rstd = (1.0 / np.sqrt(np.mean(np.square(x), axis=-1, keepdims=True) + F32(eps))).astype(F32)
+    rstd = (1.0 / np.sqrt(np.mean(np.square(x), axis=-1, keepdims=True) + F32(eps))).astype(x.dtype)
     xhat = x * rstd
     return gamma * xhat, (x, rstd, gamma)  # [..., C] -> [..., C]
 
@@ -63,6 +75,9 @@ def gelu_erf_forward(x, bias=None):
     gives the same bits about 10x faster (gelu_erf_reference is the scipy expression itself).
     The cache (x, bias) gives v again exactly.
     """
+    if x.dtype == np.float64:  # gradient checks: the expression itself
+        v = x if bias is None else x + bias
+        return 0.5 * v * (1.0 + erf(v / np.sqrt(2.0))), (x, bias)
     return gelu_erf_float32(x, bias), (x, bias)
 
 
@@ -73,10 +88,10 @@ def gelu_erf_reference(x):
 
 def gelu_tanh_forward(x, bias=None):
     """0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3))): GPT-2's "gelu_new" (of x + bias)."""
-    if bias is not None:
-        x = x + bias
-    inner = F32(np.sqrt(2 / np.pi)) * (x + F32(0.044715) * x * x * x)
-    return F32(0.5) * x * (F32(1) + np.tanh(inner)), (x,)
+    v = x if bias is None else x + bias
+    c = np.sqrt(2 / np.pi).astype(x.dtype)
+    inner = c * (v + x.dtype.type(0.044715) * v * v * v)
+    return x.dtype.type(0.5) * v * (x.dtype.type(1) + np.tanh(inner)), (x, bias)
 
 
 def silu_forward(x):
@@ -95,6 +110,28 @@ def softmax_forward(x, axis=-1):
 def add_forward(a, b):
     """The residual add."""
     return a + b, None
+
+
+def visible_keys(B, T, S, key_mask=None, causal=False):
+    """bool [B, 1, T, S]: which keys each query attends to (key_mask[b, s] != 0, and s <= t + S - T
+    when causal)."""
+    vis = np.ones((B, 1, T, S), bool)
+    if key_mask is not None:
+        vis &= (np.asarray(key_mask) != 0)[:, None, None, :]
+    if causal:
+        vis &= (np.arange(S)[None, :] <= np.arange(T)[:, None] + (S - T))[None, None]
+    return vis
+
+
+def _attention64(q, k, v, key_mask, causal):
+    """attention_forward in float64 with NumPy's softmax (gradient checks)."""
+    B, H, T, D = q.shape
+    group = H // k.shape[1]
+    kk, vv = np.repeat(k, group, axis=1), np.repeat(v, group, axis=1)
+    scores = (q / np.sqrt(D)) @ kk.transpose(0, 1, 3, 2)
+    scores = np.where(visible_keys(B, T, k.shape[2], key_mask, causal), scores, np.finfo(np.float64).min)
+    p = softmax_forward(scores)[0]
+    return p @ vv, (q, k, v, p, key_mask, causal)
 
 
 def rope_tables(positions, head_dim, theta):
@@ -124,6 +161,8 @@ def attention_forward(q, k, v, key_mask=None, causal=False):
     B, H, T, D = q.shape
     Hkv = k.shape[1]
     group = H // Hkv
+    if q.dtype == np.float64:
+        return _attention64(q, k, v, key_mask, causal)
     # 1/sqrt(D) scales q (D columns) rather than the scores (S columns); a group shares k, v
     qg = (q * F32(1 / np.sqrt(D))).reshape(B, Hkv, group * T, D)
     kt = np.ascontiguousarray(k.transpose(0, 1, 3, 2))  # numpy's batched matmul is 2x faster
@@ -135,4 +174,4 @@ def attention_forward(q, k, v, key_mask=None, causal=False):
     out = np.empty((B, Hkv, group * T, D), F32)
     pg = p.reshape(B, Hkv, group * T, S)
     in_halves(lambda lo, hi: np.matmul(pg[lo:hi], v[lo:hi], out=out[lo:hi]), B, scores.size)
-    return out.reshape(B, H, T, D), (q, k, v, p)
+    return out.reshape(B, H, T, D), (q, k, v, p, key_mask, causal)
