@@ -9,7 +9,7 @@ Public API v1 (docs/DESIGN.md):
     m = rq.load(path); qm = rq.quantize_model(m, "nvidia-ptq-percentile", calib=batches)
 """
 from .dialects import DIALECTS, dialect, dialect_doc
-from .errors import (ConfigError, DTypeError, MissingTensorError, NonFiniteError, OutOfRangeError,
+from .errors import (ConfigError, DTypeError, MissingTensorError, NonFiniteError, OutOfRangeError, TrainingError,
                      RefquantError, ShapeError, WeightsFormatError)
 from .quant import (QParams, choose_qparams, dequantize, fake_quant, qparams_from_amax,
                     qparams_from_minmax, quantize)
@@ -22,7 +22,7 @@ from . import analysis
 
 __version__ = "0.1.0"
 
-__all__ = ["load", "analysis", "quantize_model", "QuantizedModel", "load_quantized", "recipe", "RECIPES", "Recipe", "SiteRule", "QuantSpec", "QParams", "dialect", "dialect_doc", "DIALECTS", "choose_qparams",
+__all__ = ["load", "analysis", "TrainingError", "quantize_model", "QuantizedModel", "load_quantized", "recipe", "RECIPES", "Recipe", "SiteRule", "QuantSpec", "QParams", "dialect", "dialect_doc", "DIALECTS", "choose_qparams",
            "qparams_from_minmax", "qparams_from_amax", "quantize", "dequantize", "fake_quant",
            "RefquantError", "WeightsFormatError", "ConfigError", "ShapeError", "DTypeError",
            "NonFiniteError", "MissingTensorError", "OutOfRangeError", "__version__"]

@@ -412,6 +412,19 @@ def _calibrate(model, recipe: Recipe, plan: dict, calib, progress: bool) -> dict
     return {site: float(obs.amax()) if obs.batches else None for site, obs in observers.items()}
 
 
+def resolve_recipe(model, recipe, **options) -> Recipe:
+    """A Recipe, or a recipe name with ``options`` and the family's defaults (ZeroQuant: 48 groups
+    and int8 word embeddings for BERT, 64 groups and float embeddings for GPT-2 and Llama)."""
+    if isinstance(recipe, Recipe):
+        if options:
+            raise ConfigError("options apply to a recipe name, not to a Recipe object")
+        return recipe
+    if recipe.startswith("zeroquant-"):
+        options.setdefault("num_groups", ZEROQUANT_GROUPS.get(model.family, 48))
+        options.setdefault("quantize_embeddings", model.family == "bert")  # as DeepSpeed's configs
+    return named_recipe(recipe, **options)
+
+
 def quantize_model(model, recipe, calib=None, progress: bool = True, **options) -> QuantizedModel:
     """Quantize ``model``'s GEMM sites by ``recipe`` (a Recipe or a name from RECIPES, with
     ``options`` passed to refquant.recipes.recipe); static recipes calibrate on ``calib``, an
@@ -420,12 +433,7 @@ def quantize_model(model, recipe, calib=None, progress: bool = True, **options) 
     BERT, 64 groups and float embeddings for GPT-2 and Llama (its GPT-2 configs). A static site that the
     calibration forward never reaches (BERT's pooler, which the hidden states do not use) has
     no range and stays float; ``qm.uncalibrated`` lists such sites."""
-    if not isinstance(recipe, Recipe) and recipe.startswith("zeroquant-"):
-        options.setdefault("num_groups", ZEROQUANT_GROUPS.get(model.family, 48))
-        options.setdefault("quantize_embeddings", model.family == "bert")  # as DeepSpeed's configs
-    rec = recipe if isinstance(recipe, Recipe) else named_recipe(recipe, **options)
-    if isinstance(recipe, Recipe) and options:
-        raise ConfigError("quantize_model: options apply to a recipe name, not to a Recipe object")
+    rec = resolve_recipe(model, recipe, **options)
     plan = rec.plan(model)
     amax = _calibrate(model, rec, plan, calib, progress)
     sites = {}

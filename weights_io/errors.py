@@ -44,3 +44,12 @@ class MissingTensorError(WeightsFormatError, KeyError):
 
 class OutOfRangeError(RefquantError, ValueError):
     """An integer value lies outside the range a storage format can hold (e.g. 9 for int4)."""
+
+
+class TrainingError(RefquantError):
+    """Training cannot go on (a loss that became NaN or Inf): the message names the block and
+    step; ``partial`` holds what was trained before it (the last good weights), when any."""
+
+    def __init__(self, message: str, partial=None):
+        super().__init__(message)
+        self.partial = partial

@@ -1,6 +1,7 @@
 """What every model family shares: its weights, its GEMM sites, its tokenizer, its checks."""
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,7 @@ class Model:
         self.source = source
         self.stream = stream  # read each weight when used, keep none (checkpoints above memory)
         self._cache: dict[str, np.ndarray | None] = {}
+        self._overrides: dict[str, np.ndarray] = {}  # with_weights: trained replacements
         self._check_weights()
         keep_freed_memory()  # forward passes reuse freed activation pages (refquant._malloc)
 
@@ -55,6 +57,20 @@ class Model:
             return self.linear(site, x), None
         return linear_forward(x, self.w(site + ".weight"))[0], self.w(site + ".bias", optional=True)
 
+    def with_weights(self, overrides: dict) -> "Model":
+        """The same model with some weights replaced (float32 arrays by refquant name, shapes
+        checked), e.g. after layer-by-layer distillation; the checkpoint is not touched."""
+        shapes = self.expected_shapes()
+        for name, value in overrides.items():
+            if name not in shapes:
+                raise ConfigError(f"with_weights: {name!r} is not a weight of this {self.family} model")
+            if tuple(np.shape(value)) != tuple(shapes[name]):
+                raise ShapeError(f"with_weights: {name!r} has shape {list(np.shape(value))}, expected "
+                                 f"{list(shapes[name])}")
+        out = copy.copy(self)
+        out._overrides = {**self._overrides, **{n: np.asarray(v, F32) for n, v in overrides.items()}}
+        return out
+
     embedding_weight = ""  # decoders: the token embedding that a tied LM head multiplies by
 
     @property
@@ -68,6 +84,8 @@ class Model:
         memory map for float32 files, a converted copy otherwise). A streaming model
         (``rq.load(path, stream=True)``) keeps nothing: each call maps the tensor again and the
         mapping goes when the caller drops the array, so at most the weights in use are held."""
+        if name in self._overrides:
+            return self._overrides[name]
         if self.stream:
             return None if optional and name not in self.weights else self.weights[name]
         if name not in self._cache:
