@@ -425,17 +425,26 @@ def resolve_recipe(model, recipe, **options) -> Recipe:
     return named_recipe(recipe, **options)
 
 
-def quantize_model(model, recipe, calib=None, progress: bool = True, **options) -> QuantizedModel:
+def quantize_model(model, recipe, calib=None, progress: bool = True, amax: dict | None = None,
+                   **options) -> QuantizedModel:
     """Quantize ``model``'s GEMM sites by ``recipe`` (a Recipe or a name from RECIPES, with
     ``options`` passed to refquant.recipes.recipe); static recipes calibrate on ``calib``, an
     iterable of batches (dicts from model.encode, or token-id arrays). ZeroQuant recipes named
     here follow DeepSpeed's shipped configs per family: 48 groups and int8 word embeddings for
     BERT, 64 groups and float embeddings for GPT-2 and Llama (its GPT-2 configs). A static site that the
     calibration forward never reaches (BERT's pooler, which the hidden states do not use) has
-    no range and stays float; ``qm.uncalibrated`` lists such sites."""
+    no range and stays float; ``qm.uncalibrated`` lists such sites. ``amax`` {site: range} gives
+    static input ranges directly (e.g. the EMA thresholds QAT trained): those sites are not
+    calibrated, and without ``calib`` the static sites it omits stay float (uncalibrated)."""
     rec = resolve_recipe(model, recipe, **options)
     plan = rec.plan(model)
-    amax = _calibrate(model, rec, plan, calib, progress)
+    given = {s: (None if a is None else float(a)) for s, a in (amax or {}).items()}
+    if given and calib is None:
+        amax = {s: given.get(s) for s, r in plan.items()
+                if r is not None and r.activation is not None and not r.activation.dynamic}
+    else:
+        amax = _calibrate(model, rec, {s: (None if s in given else r) for s, r in plan.items()}, calib, progress)
+        amax.update({s: a for s, a in given.items() if s in plan})
     sites = {}
     for site, rule in plan.items():
         if rule is None or (site in amax and amax[site] is None):
