@@ -62,6 +62,12 @@ def test_float_training_and_qat_lower_the_loss_and_qat_gives_an_integer_model(be
         assert qm.quantized_sites[site].input_amax == pytest.approx(a)
     out = qm.forward(batches[0]["input_ids"], batches[0]["attention_mask"])
     assert out.shape == (6, 7, 20) and np.all(np.isfinite(out))
+    # the integer model computes what QAT trained: its logits agree with the fake-quant forward
+    clf.train(False)
+    want = clf.forward(batches[0])[0]
+    h = qm.forward(batches[0]["input_ids"], batches[0]["attention_mask"], batches[0]["token_type_ids"])
+    got = rq.models.mean_pool(h, batches[0]["attention_mask"]) @ clf.params["head.weight"].T + clf.params["head.bias"]
+    assert np.abs(got - want).max() <= 2e-3 * np.abs(want).max()
 
 
 def test_bad_steps_and_learning_rate(bert):

@@ -8,7 +8,8 @@ updates every parameter (embeddings, LayerNorms, blocks, head) with AdamW, gradi
 With ``qat=True`` the forward is Q8BERT's (IntelLabs nlp-architect QuantizedLinear): each
 GEMM's weight fake-quantized per tensor at 127/max|W| every step, each GEMM's input
 fake-quantized with an EMA of its max|x| (decay ``ema_decay``, filled with the first batch's max
-at ``start_step``; plain float before it), the word embeddings fake-quantized too; every
+at ``start_step``; plain float before it), the word and position embeddings fake-quantized too
+(as the recipe's integer model quantizes them); every
 rounding passed straight through (identity). The trained EMA thresholds are the static input
 ranges at inference: ``quantized(...)`` builds the integer model (recipe "q8bert": int8 per-tensor
 weights, static inputs, int32 bias) with them, no calibration.
@@ -71,11 +72,12 @@ class Classifier:
         C = cfg.hidden_size
         self.params["head.weight"] = (rng.standard_normal((classes, C)) * 0.02).astype(dtype)
         self.params["head.bias"] = np.zeros(classes, dtype)
-        self.qat, self.sites, self.emb_spec = qat, {}, None
+        self.qat, self.sites, self.emb_spec, self.emb_tables = qat, {}, None, ()
         if qat:
             rec = resolve_recipe(model, "q8bert")
             plan = rec.plan(model)
-            self.emb_spec = rec.embeddings
+            self.emb_spec = rec.embeddings  # Q8BERT quantizes the word and position tables
+            self.emb_tables = tuple(EMB[("word", "position", "token_type").index(t)] for t in rec.embedding_tables)
             for k in range(self.layers):
                 self.sites[k] = {s: EmaSite(plan[f"encoder.layer.{k}.{s}"], f"encoder.layer.{k}.{s}", ema_decay,
                                             start_step) for s in BERT_SITES}
@@ -94,12 +96,11 @@ class Classifier:
         ids = np.asarray(batch["input_ids"])
         types = np.asarray(batch.get("token_type_ids", np.zeros_like(ids)))
         mask = np.asarray(batch["attention_mask"])
-        word, wq = P[EMB[0]], None
-        if self.emb_spec is not None:  # Q8BERT quantizes the embedding table too
-            wq = choose_qparams(word, self.emb_spec)
-            word = fake_quant(word, wq)
+        tables = {n: P[n] for n in EMB[:3]}
+        for n in self.emb_tables:  # fake-quantized as the integer model's tables (straight through)
+            tables[n] = fake_quant(tables[n], choose_qparams(tables[n], self.emb_spec))
         T = ids.shape[1]
-        e = embedding_forward(ids, word)[0] + P[EMB[1]][:T] + embedding_forward(types, P[EMB[2]])[0]
+        e = embedding_forward(ids, tables[EMB[0]])[0] + tables[EMB[1]][:T] + embedding_forward(types, tables[EMB[2]])[0]
         h, ln = layer_norm_forward(e, P[EMB[3]], P[EMB[4]], self.eps)
         caches = []
         for k in range(self.layers):
