@@ -28,7 +28,7 @@ from .spec import QuantSpec
 F32 = np.float32
 EDGE_VALUES = (0.0, -0.0, 0.5, -0.5, 1.5, -2.5, 127.5, -128.5, 127.0, -128.0, 7.5, -8.5, 1e-30, -1000.0)
 
-__all__ = ["quant_specs", "tensors", "gemm_problems", "EDGE_VALUES", "assert_bitexact",
+__all__ = ["quant_specs", "tensors", "gemm_problems", "int8_matrix", "EDGE_VALUES", "assert_bitexact",
            "assert_within_quant_error"]
 
 
@@ -79,6 +79,23 @@ def tensors(min_side: int = 1, max_side: int = 7, ndim: int = 2, elements=None):
                                             max_side=max_side), elements=elements)
 
 
+INT8_STYLES = ("uniform", "extremes", "sparse")
+
+
+def int8_matrix(rng, shape, style: str = "uniform") -> np.ndarray:
+    """int8 values drawn with NumPy ``rng``: uniform, only the extremes -128 / 127, or mostly zero
+    ("sparse"); about a fifth of the rows all zero."""
+    if style == "extremes":
+        m = rng.choice(np.array([-128, 127], np.int8), shape)
+    elif style == "sparse":
+        m = np.where(rng.random(shape) < 0.1, rng.integers(-128, 128, shape), 0).astype(np.int8)
+    else:
+        m = rng.integers(-128, 128, shape, dtype=np.int8)
+    if shape[0] > 1:
+        m[rng.random(shape[0]) < 0.2] = 0
+    return m
+
+
 @st.composite
 def gemm_problems(draw, max_m: int = 40, max_k: int = 200, max_n: int = 70, bias: bool | None = None):
     """An integer GEMM with its epilogue, as a dict: a int8 [M, K], w int8 [N, K], s_a float32
@@ -90,18 +107,7 @@ def gemm_problems(draw, max_m: int = 40, max_k: int = 200, max_n: int = 70, bias
     K = draw(st.one_of(st.sampled_from([1, 3, 63, 65]), st.integers(1, max_k)))
     N = draw(st.one_of(st.just(1), st.integers(1, max_n)))
     rng = np.random.default_rng(draw(st.integers(0, 2 ** 32 - 1)))
-    style = draw(st.sampled_from(["uniform", "extremes", "sparse"]))
-
-    def ints(shape):
-        if style == "extremes":
-            m = rng.choice(np.array([-128, 127], np.int8), shape)
-        elif style == "sparse":
-            m = np.where(rng.random(shape) < 0.1, rng.integers(-128, 128, shape), 0).astype(np.int8)
-        else:
-            m = rng.integers(-128, 128, shape, dtype=np.int8)
-        if shape[0] > 1:
-            m[rng.random(shape[0]) < 0.2] = 0
-        return m
+    style = draw(st.sampled_from(INT8_STYLES))
 
     def scales(n):
         kind = draw(st.sampled_from(["plain", "tiny", "huge", "pow2"]))
@@ -111,7 +117,7 @@ def gemm_problems(draw, max_m: int = 40, max_k: int = 200, max_n: int = 70, bias
 
     with_bias = draw(st.booleans()) if bias is None else bias
     s_a = scales(M) if draw(st.booleans()) else scales(1).reshape(())
-    return {"a": ints((M, K)), "w": ints((N, K)), "s_a": s_a, "s_w": scales(N),
+    return {"a": int8_matrix(rng, (M, K), style), "w": int8_matrix(rng, (N, K), style), "s_a": s_a, "s_w": scales(N),
             "bias": rng.standard_normal(N).astype(F32) if with_bias else None}
 
 

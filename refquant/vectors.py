@@ -69,16 +69,19 @@ def spec_fields(spec) -> dict:
             for k, v in dataclasses.asdict(spec).items()}
 
 
-def quantize_cases():
+def _dialect_cases(kind: str, make_x, make_qparams, given: bool, describe):
+    """One case per dialect x granularity x {int8, int4} the dialect defines: x = make_x(spec, bits,
+    granularity), qp = make_qparams(x, spec), then quantize, dequantize and fake_quant. The
+    qparams are inputs of the case when ``given``, outputs otherwise."""
     for name in sorted(DIALECTS):
         for gran, extra in GRANULARITIES.items():
             for bits in (8, 4):
                 try:
                     spec = dialect(name, bits=bits, granularity=gran, **extra)
-                    x = _x(bits * 7 + len(gran))
+                    x = make_x(spec, bits, gran)
                     if spec.symmetric and not spec.signed and spec.unsigned_symmetric == "nonnegative":
                         x = np.abs(x)
-                    qp = choose_qparams(x, spec)
+                    qp = make_qparams(x, spec)
                     q = quantize(x, qp)
                 except RefquantError:
                     continue  # a combination the dialect does not define
@@ -86,11 +89,16 @@ def quantize_cases():
                            "q": q, "dequantized": dequantize(q, qp), "fake_quant": fake_quant(x, qp)}
                 if qp.multiplier is not None:
                     tensors["multiplier"] = np.asarray(qp.multiplier, F32)
-                yield (f"quantize/{name}_{gran}_int{bits}", tensors,
-                       {"kind": "quantize", "dialect": name, "spec": spec_fields(spec),
-                        "inputs": ["x"], "outputs": sorted(set(tensors) - {"x"}),
-                        "description": f"{name} {gran} int{bits}: qparams from x (the spec's own rule), "
-                                       "then quantize, dequantize, fake_quant"})
+                inputs = sorted(set(tensors) - {"q", "dequantized", "fake_quant"}) if given else ["x"]
+                yield (f"{kind}/{name}_{gran}_int{bits}", tensors,
+                       {"kind": kind, "dialect": name, "spec": spec_fields(spec), "inputs": inputs,
+                        "outputs": sorted(set(tensors) - set(inputs)),
+                        "description": f"{name} {gran} int{bits}" + describe(qp)})
+
+
+def quantize_cases():
+    return _dialect_cases("quantize", lambda spec, bits, gran: _x(bits * 7 + len(gran)), choose_qparams, False,
+                          lambda qp: ": qparams from x (the spec's own rule), then quantize, dequantize, fake_quant")
 
 
 GIVEN_SCALE = F32(0.125)  # a power of two: x / scale, x * (1 / scale) and x * 8 are all exact
@@ -113,33 +121,18 @@ def _given_x(spec) -> np.ndarray:
     return x
 
 
+def _given_qparams(x, spec):
+    from .quant import QParams, _symmetric_zero_point, param_shape
+    shape = param_shape(x.shape, spec)
+    zp = _symmetric_zero_point(spec) if spec.symmetric else (3 if spec.signed else spec.qmin + 3)
+    return QParams(np.full(shape, GIVEN_SCALE, F32), np.full(shape, zp, np.int32), spec)
+
+
 def given_cases():
-    from .quant import QParams, param_shape, _symmetric_zero_point
-    for name in sorted(DIALECTS):
-        for gran, extra in GRANULARITIES.items():
-            for bits in (8, 4):
-                try:
-                    spec = dialect(name, bits=bits, granularity=gran, **extra)
-                    x = _given_x(spec)
-                    if spec.symmetric and not spec.signed and spec.unsigned_symmetric == "nonnegative":
-                        x = np.abs(x)
-                    shape = param_shape(x.shape, spec)
-                    zp = _symmetric_zero_point(spec) if spec.symmetric else (3 if spec.signed else spec.qmin + 3)
-                    qp = QParams(np.full(shape, GIVEN_SCALE, F32), np.full(shape, zp, np.int32), spec)
-                    q = quantize(x, qp)
-                except RefquantError:
-                    continue
-                tensors = {"x": x, "scale": qp.scale, "zero_point": qp.zero_point, "q": q,
-                           "dequantized": dequantize(q, qp), "fake_quant": fake_quant(x, qp)}
-                if qp.multiplier is not None:
-                    tensors["multiplier"] = qp.multiplier
-                yield (f"quantize_given/{name}_{gran}_int{bits}", tensors,
-                       {"kind": "quantize_given", "dialect": name, "spec": spec_fields(spec),
-                        "inputs": sorted({"x", "scale", "zero_point"} | ({"multiplier"} if qp.multiplier is not None else set())),
-                        "outputs": ["dequantized", "fake_quant", "q"],
-                        "description": f"{name} {gran} int{bits} with given qparams (scale 0.125, zero point {zp}): "
-                                       "exact ties at .5 of a step (the rounding rule decides), values past both "
-                                       "ends (saturation), signed zeros"})
+    return _dialect_cases("quantize_given", lambda spec, bits, gran: _given_x(spec), _given_qparams, True,
+                          lambda qp: f" with given qparams (scale 0.125, zero point {int(qp.zero_point.reshape(-1)[0])}): "
+                                     "exact ties at .5 of a step (the rounding rule decides), values past both "
+                                     "ends (saturation), signed zeros")
 
 
 def gemm_cases():

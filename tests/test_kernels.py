@@ -18,6 +18,7 @@ from refquant.errors import ConfigError, DTypeError, NonFiniteError, OutOfRangeE
 from refquant.kernels import cpu, reference as ref
 from refquant.nn.fast_erf import gelu_erf_float32
 from refquant.nn.fused import layer_norm_rows
+from refquant.testing import INT8_STYLES, int8_matrix
 
 F32 = np.float32
 FAST_PATHS = [p for p, ok in (("amx", cpu.HAVE_AMX), ("vnni", cpu.HAVE_VNNI)) if ok]
@@ -35,19 +36,6 @@ def same_bits(a, b):
     a, b = np.asarray(a), np.asarray(b)
     return a.dtype == b.dtype == F32 and a.shape == b.shape and np.array_equal(a.view(np.uint32),
                                                                              b.view(np.uint32))
-
-
-def int8_matrix(rng, shape, style):
-    """int8 values: uniform, only the extremes -128 / 127, or mostly zero; some rows all zero."""
-    if style == "extremes":
-        m = rng.choice(np.array([-128, 127], np.int8), shape)
-    elif style == "sparse":
-        m = np.where(rng.random(shape) < 0.1, rng.integers(-128, 128, shape), 0).astype(np.int8)
-    else:
-        m = rng.integers(-128, 128, shape, dtype=np.int8)
-    if shape[0] > 1:
-        m[rng.random(shape[0]) < 0.2] = 0
-    return m
 
 
 def scales(rng, n, style):
@@ -70,7 +58,7 @@ shapes = st.tuples(st.sampled_from([1, 2, 3, 5, 8, 9, 17, 31, 32, 33, 40, 65, 70
                    st.sampled_from([1, 2, 3, 4, 5, 15, 63, 64, 65, 100, 130]),         # K
                    st.sampled_from([1, 3, 15, 16, 17, 31, 33, 47, 48, 49, 64, 70, 97]))  # N
 seeds = st.integers(0, 2 ** 32 - 1)
-int_styles = st.sampled_from(["uniform", "extremes", "sparse"])
+int_styles = st.sampled_from(INT8_STYLES)
 scale_styles = st.sampled_from(["normal", "tiny", "huge", "pow2", "mixed"])
 
 
