@@ -35,6 +35,7 @@ takes its own rows (and packs / quantizes only those); few rows: threads split t
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -370,9 +371,9 @@ def _params(amax, fp, ip):
         mult = (np.float32(1) / amax) * d if ip[1] == 1 else d / amax
     degenerate = amax <= fp[3] or scale == 0
     if mapping == MAP_RECIPROCAL:
-        degenerate = degenerate or not np.isfinite(np.float32(1) / scale)
+        degenerate = degenerate or not math.isfinite(np.float32(1) / scale)
     elif mapping == MAP_MULTIPLIER:
-        degenerate = degenerate or (not np.isfinite(mult) and amax > 0)
+        degenerate = degenerate or (not math.isfinite(mult) and amax > 0)
     if degenerate:
         scale = fp[4]
         mult = fp[5]
