@@ -152,12 +152,20 @@ class QuantizedModel:
         "numba"  the real integer path on refquant.kernels.cpu (int8 / int4 weights resident,
                  activations quantized per the recipe, exact int32 GEMMs, float32 epilogues);
         "numpy"  the same integer path on refquant.kernels.reference: identical bytes;
+        "cuda"   the same integer path on refquant.kernels.cuda (numba.cuda on a GPU, or the
+                 CUDA simulator; weights resident on the device): identical bytes;
         "fake"   the fake-quant float32 path: fake_quant(x) @ dequantize(W).T + b (module doc).
         Default: ``self.backend`` ("numba"; "fake" when the recipe has affine or unsigned specs,
         which the integer kernels do not run), which sentence_embedding, perplexity etc. use.
         """
         previous = self.backend
         self.backend = previous if backend is None else _check_backend(backend)
+        if self.backend == "cuda":
+            try:
+                _kernels("cuda")
+            except ConfigError:
+                self.backend = previous
+                raise
         if self.backend != "fake":
             unsupported = self.integer_unsupported()
             if unsupported:
@@ -244,7 +252,13 @@ class QuantizedModel:
         if key not in self._kernel_weights:
             from .kernels import reference
             w = q.weight_q
-            self._kernel_weights[key] = w if q.rule.weight.bits == 8 else reference.pack_w4(w)
+            packed = w if q.rule.weight.bits == 8 else reference.pack_w4(w)
+            if backend == "cuda":  # device-resident, in the GPU kernels' layout, built once
+                from .kernels import cuda
+                spec = q.rule.weight
+                group = spec.group_size if spec.granularity == "group" and spec.group_kind == "input" else None
+                packed = cuda.prepack(w) if spec.bits == 8 else cuda.prepack_w4(packed, w.shape[1], group)
+            self._kernel_weights[key] = packed
         return self._kernel_weights[key]
 
     def resident_weight_bytes(self) -> int:
@@ -353,7 +367,7 @@ class QuantizedModel:
                f"{len(self.quantized_sites)} quantized sites)"
 
 
-BACKENDS = ("numba", "numpy", "fake")
+BACKENDS = ("numba", "numpy", "cuda", "fake")
 
 
 def _check_backend(backend: str) -> str:
@@ -363,8 +377,8 @@ def _check_backend(backend: str) -> str:
 
 
 def _kernels(backend: str):
-    from .kernels import cpu, reference
-    return cpu if backend == "numba" else reference
+    from .kernels import backend_module
+    return backend_module(backend)
 
 
 # ---------------------------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """python -m refquant.validate [CHECKPOINT] [--recipe NAME ...] [--text FILE | --ids FILE]
-    [--calib FILE] [--backend numba|numpy] [--json FILE] [--dump FILE] [--compare FILE [--map FILE]
+    [--calib FILE] [--backend numba|numpy|cuda] [--json FILE] [--dump FILE] [--compare FILE [--map FILE]
     [--tolerance N]]
 
 Runs a safetensors checkpoint's float reference and each recipe on real inputs and reports how
@@ -612,8 +612,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "('input_ids', optional 'attention_mask')")
     p.add_argument("--calib", metavar="FILE", help="calibration text, one sequence per line "
                    "(default: the first batch of the inputs)")
-    p.add_argument("--backend", choices=["numba", "numpy"], default="numba",
-                   help="integer kernels: numba (fast) or numpy (the reference); same bytes")
+    p.add_argument("--backend", choices=["numba", "numpy", "cuda"], default="numba",
+                   help="integer kernels: numba (CPU), numpy (the reference) or cuda (numba.cuda GPU "
+                        "kernels); the same bytes")
     p.add_argument("--stream", action="store_true",
                    help="read each weight when a site needs it and free it after (automatic when the "
                         "checkpoint exceeds half the memory available)")
@@ -635,6 +636,9 @@ def main(argv=None) -> int:
     try:
         if args.max_tokens < 1 or args.dump_sequences < 1 or args.tolerance < 0:
             raise ConfigError("--max-tokens and --dump-sequences must be >= 1, --tolerance >= 0")
+        if args.backend == "cuda":  # before loading anything: is there a GPU (or the simulator)?
+            from .kernels import backend_module
+            backend_module("cuda")
         return run(args)
     except RefquantError as e:
         print(f"error: {e}", file=sys.stderr)

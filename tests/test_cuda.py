@@ -1,0 +1,397 @@
+"""refquant.kernels.cuda against the NumPy reference, byte for byte.
+
+Under Numba's CUDA simulator (conftest.py sets NUMBA_ENABLE_CUDASIM=1 unless told otherwise)
+the kernels run as Python: the same indexing, tiling, group order and reductions as on a GPU,
+with 4 x 4-thread GEMM blocks and 8-thread rows so that hypothesis stays affordable (one test
+runs the GPU's launch shapes in a subprocess). The roundings a real GPU would change (FMA
+contraction) are checked on the PTX NVVM generates, without a GPU. Every test here skips,
+saying why, when numba's CUDA target is unavailable.
+"""
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import refquant as rq
+from refquant.errors import ConfigError, DTypeError, NonFiniteError, OutOfRangeError, ShapeError
+from refquant.kernels import cuda as kc, reference as ref
+from refquant.testing import INT8_STYLES, int8_matrix
+from test_kernels import MODELOPT, Q8BERT, TOKEN, activations, act_styles, same_bits, scale_styles, scales
+
+F32 = np.float32
+EXAMPLES = dict(max_examples=int(os.environ.get("REFQUANT_CUDA_EXAMPLES", 12)), deadline=None)
+pytestmark = [pytest.mark.skipif(not kc.available(), reason=f"CUDA kernels unavailable: {kc.unavailable_reason()}"),
+              pytest.mark.filterwarnings("ignore::RuntimeWarning")]
+
+# shapes around the simulator's 16 x 16 tiles and the 32-value K step
+shapes = st.tuples(st.sampled_from([1, 2, 5, 16, 17]),          # M
+                   st.sampled_from([1, 3, 4, 5, 31, 32, 33, 70]),  # K
+                   st.sampled_from([1, 3, 16, 17, 33]))           # N
+seeds = st.integers(0, 2 ** 32 - 1)
+int_styles = st.sampled_from(INT8_STYLES)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def fast_thread_switches():
+    """The simulator runs each CUDA thread as a Python thread and its scheduler polls them:
+    a shorter GIL switch interval makes it about 3x faster."""
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(1e-4)
+    yield
+    sys.setswitchinterval(before)
+
+
+# ---------------------------------------------------------------------------------------
+# GEMMs
+# ---------------------------------------------------------------------------------------
+@settings(**EXAMPLES)
+@given(shape=shapes, seed=seeds, style=int_styles)
+def test_gemm_i8(shape, seed, style):
+    M, K, N = shape
+    rng = np.random.default_rng(seed)
+    a, w = int8_matrix(rng, (M, K), style), int8_matrix(rng, (N, K), style)
+    want = ref.gemm_i8(a, w)
+    got = kc.gemm_i8(a, w)
+    assert got.dtype == np.int32 and np.array_equal(got, want)
+    packed = kc.prepack(w)
+    assert np.array_equal(packed.unpack(), w)
+    assert np.array_equal(kc.gemm_i8(a, packed), want)
+
+
+@settings(**EXAMPLES)
+@given(shape=shapes, seed=seeds, style=int_styles, sa_style=scale_styles, sw_style=scale_styles,
+       per_token=st.booleans(), bias=st.booleans(), gelu=st.booleans())
+def test_linear_i8(shape, seed, style, sa_style, sw_style, per_token, bias, gelu):
+    M, K, N = shape
+    rng = np.random.default_rng(seed)
+    a, w = int8_matrix(rng, (M, K), style), int8_matrix(rng, (N, K), style)
+    s_a = scales(rng, M, sa_style) if per_token else scales(rng, 1, sa_style)[0]
+    s_w = scales(rng, N, sw_style)
+    b = (rng.standard_normal(N) * 10 ** rng.uniform(-3, 3)).astype(F32) if bias else None
+    act = "gelu_erf" if gelu else None
+    assert same_bits(kc.linear_i8(a, s_a, kc.prepack(w), s_w, b, act), ref.linear_i8(a, s_a, w, s_w, b, act))
+
+
+@settings(**EXAMPLES)
+@given(shape=shapes, seed=seeds, style=int_styles, per_row=st.booleans(), per_token=st.booleans())
+def test_linear_i8_int32_bias(shape, seed, style, per_row, per_token):
+    M, K, N = shape
+    rng = np.random.default_rng(seed)
+    a, w = int8_matrix(rng, (M, K), style), int8_matrix(rng, (N, K), style)
+    q_bias = rng.integers(-2 ** 24, 2 ** 24, (M, N) if per_row else N).astype(np.int32)
+    s_a = scales(rng, M, "normal") if per_token else F32(0.02)
+    s_w = scales(rng, N, "mixed")
+    assert same_bits(kc.linear_i8_int32_bias(a, s_a, w, s_w, q_bias),
+                     ref.linear_i8_int32_bias(a, s_a, w, s_w, q_bias))
+
+
+def test_int32_bias_overflow_raises_naming_the_element():
+    a = np.full((3, 4), -128, np.int8)
+    w = np.full((2, 4), -128, np.int8)
+    q_bias = np.array([0, 2 ** 31 - 1], np.int32)
+    with pytest.raises(OutOfRangeError, match=r"at \[0, 1\]"):
+        kc.linear_i8_int32_bias(a, F32(1), w, np.ones(2, F32), q_bias)
+
+
+@settings(**EXAMPLES)
+@given(shape=shapes, seed=seeds, style=int_styles, extremes4=st.booleans(), gelu=st.booleans(),
+       bias=st.booleans(), per_token=st.booleans(), group=st.sampled_from([None, 1, 3, 8, 9, 32, 33, 200]))
+def test_w4a8(shape, seed, style, extremes4, gelu, bias, per_token, group):
+    M, K, N = shape
+    rng = np.random.default_rng(seed)
+    a = int8_matrix(rng, (M, K), style)
+    w4 = (rng.choice(np.array([-8, 7], np.int8), (N, K)) if extremes4
+          else rng.integers(-8, 8, (N, K), dtype=np.int8))
+    packed = ref.pack_w4(w4)
+    s_a = scales(rng, M, "mixed") if per_token else F32(0.5)
+    b = rng.standard_normal(N).astype(F32) if bias else None
+    act = "gelu_erf" if gelu else None
+    device = kc.prepack_w4(packed, K, group)
+    assert np.array_equal(device.values(), w4)  # 4 bits per weight on the device, byte for byte back
+    assert device.nbytes() <= N * (-(-K // (group or K)) * (-(-(group or K) // 32) * 32)) // 2
+    if group is None:
+        s_w = scales(rng, N, "mixed")
+        want = ref.linear_w4a8_rows(a, s_a, packed, K, s_w, b, act)
+        assert same_bits(kc.linear_w4a8_rows(a, s_a, device, K, s_w, b, act), want)
+        assert same_bits(kc.linear_w4a8_rows(a, s_a, packed, K, s_w, b, act), want)
+        return
+    G = -(-K // group)
+    s_w = scales(rng, N * G, "mixed").reshape(N, G)
+    want = ref.linear_w4a8_groups(a, s_a, packed, K, s_w, group, b, act)
+    assert same_bits(kc.linear_w4a8_groups(a, s_a, device, K, s_w, group, b, act), want)
+
+
+def test_w4_prepacked_for_other_groups_is_refused():
+    packed = ref.pack_w4(np.array([[1, -2, 7], [-8, 0, 3]], np.int8))
+    with pytest.raises(ConfigError, match="group_size"):
+        kc.linear_w4a8_groups(np.zeros((1, 3), np.int8), F32(1), kc.prepack_w4(packed, 3), 3,
+                              np.ones((2, 2), F32), 2)
+
+
+def test_gelu_elements_the_polynomial_cannot_decide_are_recomputed_with_scipy():
+    """fast_erf flags about 24 per million pre-activations whose float32 GELU the polynomial
+    cannot decide; find some, feed them through the epilogue (acc = 1, s_a = v, s_w = 1, so
+    y = v exactly) and check the kernel's flag-and-recompute path gives scipy's bits."""
+    from refquant.nn import fast_erf
+    rng = np.random.default_rng(3)
+    v = rng.uniform(-4.5, 4.5, 2_000_000).astype(F32)
+    out, unsure = np.empty_like(v), np.empty(v.size, np.uint8)
+    fast_erf._gelu_kernel(v, out, unsure, fast_erf.COEFFS, fast_erf.INV_SQRT2)
+    hard = v[unsure.view(bool)][:6]
+    assert hard.size >= 3
+    vals = np.concatenate([hard, np.array([0.0, -0.0, 1.0, -3.0, 5.0], F32)])
+    M = vals.size
+    a, w = np.ones((M, 1), np.int8), np.ones((1, 1), np.int8)
+    got = kc.linear_i8(a, vals, w, np.ones(1, F32), activation="gelu_erf")
+    assert same_bits(got, ref.linear_i8(a, vals, w, np.ones(1, F32), activation="gelu_erf"))
+    assert same_bits(got[:, 0], fast_erf.gelu_erf_float32(vals))
+
+
+# ---------------------------------------------------------------------------------------
+# quantizing activations
+# ---------------------------------------------------------------------------------------
+DYNAMIC_SPECS = [TOKEN, Q8BERT, rq.dialect("torch", granularity="token", dynamic=True),
+                 rq.dialect("compressed_tensors", granularity="token", dynamic=True),
+                 rq.dialect("modelopt", narrow=True, dynamic=True)]
+
+
+@settings(**EXAMPLES)
+@given(M=st.integers(1, 9), K=st.integers(1, 40), seed=seeds, style=act_styles,
+       spec=st.sampled_from(DYNAMIC_SPECS))
+def test_quantize_dynamic(M, K, seed, style, spec):
+    x = activations(np.random.default_rng(seed), M, K, style)
+    q, s = kc.quantize_dynamic(x, spec)
+    q0, s0 = ref.quantize_dynamic(x, spec)
+    assert np.array_equal(q, q0) and q.dtype == np.int8 and same_bits(np.asarray(s), np.asarray(s0))
+
+
+@settings(**EXAMPLES)
+@given(M=st.integers(1, 9), K=st.integers(1, 40), seed=seeds, style=act_styles,
+       amax=st.floats(1e-3, 1e3), per_token=st.booleans())
+def test_quantize_activation_static(M, K, seed, style, amax, per_token):
+    rng = np.random.default_rng(seed)
+    x = activations(rng, M, K, style)
+    if per_token:
+        qp = rq.choose_qparams(x, rq.dialect("deepspeed", granularity="token", dynamic=True))
+    else:
+        qp = rq.qparams_from_amax(F32(amax), MODELOPT)
+    q, s = kc.quantize_activation(x, qp)
+    q0, s0 = ref.quantize_activation(x, qp)
+    assert np.array_equal(q, q0) and same_bits(np.asarray(s), np.asarray(s0))
+
+
+@settings(**EXAMPLES)
+@given(M=st.integers(1, 9), K=st.integers(1, 40), seed=seeds, per_row=st.booleans(),
+       mode=st.sampled_from(["divide", "multiply"]), rounding=st.sampled_from(["half_even", "half_away"]),
+       narrow=st.booleans())
+def test_quantize_rows(M, K, seed, per_row, mode, rounding, narrow):
+    rng = np.random.default_rng(seed)
+    x = activations(rng, M, K, "ties")
+    n = M if per_row else 1
+    param = rng.uniform(0.01, 4, n).astype(F32)
+    if mode == "divide":  # steps that make x / p land on ties
+        param = (2.0 ** rng.integers(-12, 4, n)).astype(F32)
+    param = param if per_row else param[0]
+    qmin = -127 if narrow else -128
+    assert np.array_equal(kc.quantize_rows(x, param, mode, qmin, 127, rounding),
+                          ref.quantize_rows(x, param, mode, qmin, 127, rounding))
+
+
+@settings(**EXAMPLES)
+@given(M=st.integers(1, 6), C=st.integers(1, 70), seed=seeds, eps=st.sampled_from([1e-5, 1e-12, 0.1]),
+       spec=st.sampled_from([TOKEN, Q8BERT]))
+def test_layer_norm_quantize_per_token(M, C, seed, eps, spec):
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((M, C)) * 10 ** rng.uniform(-3, 3) + rng.uniform(-5, 5)).astype(F32)
+    gamma = rng.uniform(0.5, 2, C).astype(F32)
+    beta = rng.standard_normal(C).astype(F32)
+    y, q, s = kc.layer_norm_quantize_per_token(x, gamma, beta, eps, spec)
+    y0, q0, s0 = ref.layer_norm_quantize_per_token(x, gamma, beta, eps, spec)
+    assert same_bits(y, y0) and np.array_equal(q, q0) and same_bits(np.asarray(s), np.asarray(s0))
+
+
+@settings(**EXAMPLES)
+@given(shape=shapes, seed=seeds, style=act_styles, which=st.sampled_from(["token", "q8bert", "static"]),
+       bias=st.booleans(), gelu=st.booleans())
+def test_quantize_linear_i8(shape, seed, style, which, bias, gelu):
+    M, K, N = shape
+    rng = np.random.default_rng(seed)
+    x = activations(rng, M, K, style)
+    w = int8_matrix(rng, (N, K), "uniform")
+    s_w = scales(rng, N, "normal")
+    b = rng.standard_normal(N).astype(F32) if bias else None
+    act = "gelu_erf" if gelu else None
+    quant = {"token": TOKEN, "q8bert": Q8BERT,
+             "static": rq.qparams_from_amax(F32(np.abs(x).max() / 2 + 1e-3), MODELOPT)}[which]
+    assert same_bits(kc.quantize_linear_i8(x, quant, kc.prepack(w), s_w, b, act),
+                     ref.quantize_linear_i8(x, quant, w, s_w, b, act))
+
+
+def test_nonfinite_inputs_raise_naming_the_element():
+    x = np.ones((5, 8), F32)
+    x[3, 5] = np.nan
+    w = np.ones((4, 8), np.int8)
+    with pytest.raises(NonFiniteError, match=r"\(3, 5\)"):
+        kc.quantize_dynamic(x, TOKEN)
+    with pytest.raises(NonFiniteError, match=r"\(3, 5\)"):
+        kc.quantize_rows(x, F32(1), "divide", -128, 127)
+    with pytest.raises(NonFiniteError):
+        kc.layer_norm_quantize_per_token(np.where(np.isnan(x), np.inf, x).astype(F32),
+                                         np.ones(8, F32), np.zeros(8, F32), 1e-5, TOKEN)
+    for quant in (TOKEN, Q8BERT, rq.qparams_from_amax(F32(1), MODELOPT)):
+        with pytest.raises(NonFiniteError, match=r"\(3, 5\)"):
+            kc.quantize_linear_i8(x, quant, w, np.ones(4, F32))
+
+
+def test_argument_errors_and_empty_inputs():
+    a, w = np.zeros((2, 5), np.int8), np.zeros((3, 5), np.int8)
+    with pytest.raises(DTypeError):
+        kc.gemm_i8(a.astype(np.int16), w)
+    with pytest.raises(ShapeError):
+        kc.gemm_i8(a, np.zeros((3, 4), np.int8))
+    with pytest.raises(DTypeError):
+        kc.linear_i8(a, np.ones(2), w, np.ones(3, F32))
+    with pytest.raises(ConfigError):
+        kc.linear_i8(a, F32(1), w, np.ones(3, F32), activation="relu")
+    with pytest.raises(ConfigError):
+        kc.quantize_dynamic(np.ones((2, 5), F32), rq.dialect("onnx"))
+    with pytest.raises(OutOfRangeError):
+        kc.gemm_i8(np.zeros((1, ref.I8_MAX_K + 1), np.int8), np.zeros((1, ref.I8_MAX_K + 1), np.int8))
+    for M, K, N in [(0, 5, 3), (2, 0, 3), (2, 5, 0)]:
+        a, w = np.ones((M, K), np.int8), np.ones((N, K), np.int8)
+        assert np.array_equal(kc.gemm_i8(a, w), ref.gemm_i8(a, w))
+        s_a, s_w = np.full(M, 0.5, F32), np.full(N, 2.0, F32)
+        assert same_bits(kc.linear_i8(a, s_a, w, s_w, np.ones(N, F32), "gelu_erf"),
+                         ref.linear_i8(a, s_a, w, s_w, np.ones(N, F32), "gelu_erf"))
+        assert same_bits(kc.linear_w4a8_groups(a, s_a, ref.pack_w4(w), K, np.ones((N, max(-(-K // 2), 0)), F32), 2),
+                         ref.linear_w4a8_groups(a, s_a, ref.pack_w4(w), K, np.ones((N, max(-(-K // 2), 0)), F32), 2))
+
+
+# ---------------------------------------------------------------------------------------
+# one dispatch point, and whole models
+# ---------------------------------------------------------------------------------------
+def test_the_dispatch_point_gives_the_same_bytes_on_every_backend():
+    rng = np.random.default_rng(1)
+    x = activations(rng, 6, 37, "normal")
+    w = int8_matrix(rng, (19, 37), "uniform")
+    s_w = scales(rng, 19, "normal")
+    outs = [rq.kernels.quantize_linear_i8(x, TOKEN, w, s_w, activation="gelu_erf", backend=b)
+            for b in rq.kernels.BACKENDS]
+    assert all(same_bits(o, outs[0]) for o in outs[1:])
+    with pytest.raises(ConfigError, match="unknown kernel backend"):
+        rq.kernels.gemm_i8(np.zeros((1, 1), np.int8), np.zeros((1, 1), np.int8), backend="tpu")
+
+
+@pytest.mark.parametrize("family,recipe", [("bert", "q8bert"), ("bert", "zeroquant-w4a8"),
+                                           ("gpt2", "nvidia-ptq-max"), ("llama", "zeroquant-w8a8")])
+def test_whole_model_cuda_backend_equals_numpy(family, recipe, tmp_path):
+    from test_models_small import bert_checkpoint, gpt2_checkpoint, llama_checkpoint
+    from test_recipes import GROUPS, batches
+    make = {"bert": bert_checkpoint, "gpt2": gpt2_checkpoint, "llama": llama_checkpoint}[family]
+    model = rq.load(make(tmp_path)[0])
+    qm = rq.quantize_model(model, recipe, calib=batches(model), num_groups=GROUPS[family], progress=False)
+    ids = batches(model, 1, seed=21)[0]
+    mask = np.ones_like(ids)
+    mask[1, 4:] = 0
+    want = qm.forward(ids, mask, backend="numpy")
+    assert same_bits(qm.forward(ids, mask, backend="cuda"), want)
+
+
+# ---------------------------------------------------------------------------------------
+# the GPU's launch shapes, the PTX, and a clean refusal
+# ---------------------------------------------------------------------------------------
+def _run(code: str, **env) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, **env}
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          env=full_env, cwd=os.path.dirname(__file__), timeout=600)
+
+
+@pytest.mark.skipif(not kc.SIMULATED, reason="the simulator's launch shapes are only smaller under the simulator")
+def test_gpu_launch_shapes_in_the_simulator():
+    """64 x 64 tiles of 16 x 16 threads and 128-thread rows (what a GPU runs), across tile,
+    K-step and group edges."""
+    done = _run("""
+        import sys, numpy as np
+        sys.setswitchinterval(1e-4)
+        import refquant as rq
+        from refquant.kernels import cuda as kc, reference as ref
+        assert kc.TPB == 16 and kc.ROW_THREADS == 128, (kc.TPB, kc.ROW_THREADS)
+        same = lambda a, b: np.array_equal(a.view(np.uint32), b.view(np.uint32))
+        rng = np.random.default_rng(0)
+        M, K, N = 65, 70, 66
+        a = rng.integers(-128, 128, (M, K), dtype=np.int8)
+        w = rng.integers(-128, 128, (N, K), dtype=np.int8)
+        s_a = rng.uniform(1e-3, 1, M).astype(np.float32); s_w = rng.uniform(1e-3, 1, N).astype(np.float32)
+        b = rng.standard_normal(N).astype(np.float32)
+        assert same(kc.linear_i8(a, s_a, w, s_w, b, "gelu_erf"), ref.linear_i8(a, s_a, w, s_w, b, "gelu_erf"))
+        w4 = rng.integers(-8, 8, (N, K), dtype=np.int8); p = ref.pack_w4(w4)
+        s_g = rng.uniform(1e-3, 1, (N, 3)).astype(np.float32)
+        assert same(kc.linear_w4a8_groups(a, s_a, p, K, s_g, 24, b), ref.linear_w4a8_groups(a, s_a, p, K, s_g, 24, b))
+        x = rng.standard_normal((3, 300)).astype(np.float32)
+        g, be = rng.uniform(0.5, 2, 300).astype(np.float32), rng.standard_normal(300).astype(np.float32)
+        spec = rq.dialect("deepspeed", granularity="token", dynamic=True)
+        out, want = kc.layer_norm_quantize_per_token(x, g, be, 1e-5, spec), ref.layer_norm_quantize_per_token(x, g, be, 1e-5, spec)
+        assert same(out[0], want[0]) and np.array_equal(out[1], want[1]) and same(out[2], want[2])
+        print("ok")
+    """, NUMBA_ENABLE_CUDASIM="1", REFQUANT_CUDASIM_FULL_TILES="1")
+    assert done.returncode == 0 and done.stdout.strip().endswith("ok"), done.stderr[-3000:]
+
+
+def _nvvm_available() -> bool:
+    done = _run("""
+        from numba import cuda
+        from numba.cuda.cudadrv import nvvm
+        nvvm.NVVM()
+        cuda.compile_ptx(lambda x: None, "void(int32)", cc=(8, 0))
+    """, NUMBA_ENABLE_CUDASIM="0")
+    return done.returncode == 0
+
+
+def test_ptx_uses_dp4a_and_no_fma():
+    """NVVM contracts a * b + c into an FMA unless each operation is an explicitly rounded
+    call; compile both kernels for sm_80 and sm_90 (no GPU needed) and look."""
+    if not _nvvm_available():
+        pytest.skip("NVVM is not installed (pip install 'refquant[cuda]' brings it)")
+    done = _run("""
+        import json, re
+        from refquant.kernels import cuda as kc
+        out = {}
+        for cc in [(8, 0), (9, 0)]:
+            for name, ptx in kc.kernel_ptx(cc).items():
+                ops = re.findall(r"^\\s*(?:@%p\\d+\\s+)?([a-z][a-z0-9_.]*)", ptx, re.M)
+                out[f"{name}@{cc[0]}{cc[1]}"] = sorted(set(ops))
+        print(json.dumps(out))
+    """, NUMBA_ENABLE_CUDASIM="0")
+    assert done.returncode == 0, done.stderr[-3000:]
+    import json
+    ops = json.loads(done.stdout.strip().splitlines()[-1])
+    for kernel, names in ops.items():
+        assert not [o for o in names if o.startswith(("fma", "mad.") ) and ".f" in o], (kernel, names)
+        assert not [o for o in names if ".ftz" in o or ".approx" in o], (kernel, names)
+    for cc in ("80", "90"):
+        assert "dp4a.s32.s32" in ops[f"_linear_kernel@{cc}"]
+        assert "mul.rn.f32" in ops[f"_linear_kernel@{cc}"] and "add.rn.f32" in ops[f"_linear_kernel@{cc}"]
+        assert "add.rn.f64" in ops[f"_rows_kernel@{cc}"] and "sqrt.rn.f32" in ops[f"_rows_kernel@{cc}"]
+
+
+def test_without_a_gpu_the_backend_refuses_in_one_clear_sentence():
+    done = _run("""
+        from refquant.kernels import cuda as kc
+        if kc.available():
+            print("GPU")
+        else:
+            import refquant as rq, numpy as np
+            try:
+                rq.kernels.gemm_i8(np.zeros((1, 1), np.int8), np.zeros((1, 1), np.int8), backend="cuda")
+            except rq.ConfigError as e:
+                print("refused:", e)
+    """, NUMBA_ENABLE_CUDASIM="0")
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = done.stdout.strip()
+    if out == "GPU":
+        pytest.skip("this machine has a GPU")
+    assert out.startswith("refused: backend 'cuda': ") and "\n" not in out
