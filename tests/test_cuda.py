@@ -395,3 +395,18 @@ def test_without_a_gpu_the_backend_refuses_in_one_clear_sentence():
     if out == "GPU":
         pytest.skip("this machine has a GPU")
     assert out.startswith("refused: backend 'cuda': ") and "\n" not in out
+
+
+def test_gpu_check_script():
+    """validation/gpu_check.py: its small-shape simulator run passes; without a GPU (and
+    without the simulator) it says so in one line and exits 2."""
+    script = os.path.join(os.path.dirname(__file__), "..", "validation", "gpu_check.py")
+    done = subprocess.run([sys.executable, script, "--simulator"], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "NUMBA_ENABLE_CUDASIM": "1"})
+    assert done.returncode == 0 and done.stdout.strip().endswith("all identical"), done.stdout[-2000:] + done.stderr[-2000:]
+    assert "MISMATCH" not in done.stdout
+    done = subprocess.run([sys.executable, script], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "NUMBA_ENABLE_CUDASIM": "0"})
+    if done.returncode != 2 and "compute capability" in done.stdout:
+        pytest.skip("this machine has a GPU")
+    assert done.returncode == 2 and done.stderr.startswith("gpu_check: no GPU") and done.stderr.count("\n") == 1

