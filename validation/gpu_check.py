@@ -279,7 +279,6 @@ def main(argv=None) -> int:
               "small-shape smoke test", file=sys.stderr)
         return 2
     if kc.SIMULATED:
-        sys.setswitchinterval(1e-4)
         out("gpu_check --simulator: Numba's CUDA simulator, small shapes (no GPU, no speed)")
         failures = kernel_checks(kc, SIM_SHAPES, check_reference=True)
         out("speed code path, simulated (the times mean nothing)")

@@ -38,7 +38,9 @@ Under the simulator (``NUMBA_ENABLE_CUDASIM=1``) the kernels run as Python on Nu
 the same indexing, tiling, group and reduction order; the rounded operations are NumPy
 float32 / float64 operations (each rounds once, as the libdevice calls do), ``dp4a`` is
 computed on the bytes. The simulator proves the algorithm; the PTX check proves the
-roundings; validation/gpu_check.py runs both on a real GPU at full model shapes.
+roundings; validation/gpu_check.py runs both on a real GPU at full model shapes. (Importing this
+module under the simulator lowers the GIL switch interval to 0.1 ms: the simulator polls one
+Python thread per CUDA thread, and at the default 5 ms it runs 3-10x slower.)
 """
 from __future__ import annotations
 
@@ -128,6 +130,10 @@ if cuda is None:
         return fn if fn is not None else (lambda f: f)
     _device = _jit
 elif SIMULATED:
+    import sys
+    # The simulator runs each CUDA thread as a Python thread and its scheduler polls them; at
+    # the default 5 ms GIL switch interval every syncthreads costs milliseconds (3-10x slower).
+    sys.setswitchinterval(min(sys.getswitchinterval(), 1e-4))
     _jit = cuda.jit
 
     def _device(fn):
