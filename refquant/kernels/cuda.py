@@ -90,8 +90,11 @@ def _load_numba_cuda():
             if not cuda.is_available():
                 return cuda, False, ("no CUDA GPU is visible (cuda.is_available() is False); "
                                      "set NUMBA_ENABLE_CUDASIM=1 to run the kernels in the simulator")
+            cc = tuple(cuda.get_current_device().compute_capability)
         except Exception as e:  # noqa: BLE001 - any driver failure means "no GPU"
             return cuda, False, f"the CUDA driver did not initialize: {e}"
+        if cc < (6, 1):
+            return cuda, False, f"the GPU has compute capability {cc}; dp4a needs 6.1 or newer"
     return cuda, simulated, None
 
 
