@@ -20,7 +20,11 @@ Without a GPU it says so in one line on stderr and exits 2 (nothing was checked)
 ``--simulator`` runs part 1 at small shapes in Numba's CUDA simulator, and part 3's code path
 with meaningless times (a smoke test of this script, which tests/test_cuda.py runs). Everything printed also goes to validation/results/gpu_check.txt.
 
-Run: python validation/gpu_check.py [--reps 20] [--simulator]
+``--ptx`` only compiles the kernels for sm_80 and sm_90 with NVVM (no GPU needed) and counts the
+instructions that carry the numeric contract: dp4a, explicitly rounded float operations, and
+no fma / mad / .ftz / .approx (validation/results/cuda_ptx.txt).
+
+Run: python validation/gpu_check.py [--reps 20] [--simulator | --ptx]
 """
 from __future__ import annotations
 
@@ -261,16 +265,48 @@ def benchmark(kc, reps: int, shapes=None):
             f"{tops(times.get('fp16'))} {tops(times.get('int8'))} {ratio('fp32')} {ratio('fp16')} {ratio('int8')}")
 
 
+def ptx_report(kc) -> int:
+    """The instructions that carry the numeric contract, counted in each kernel's PTX (NVVM, no
+    GPU needed): dp4a, explicitly rounded float ops, and any the contract forbids."""
+    watch = ("dp4a", "fma", "mad.", "mul.", "add.", "sub.", "div.", "rcp.", "sqrt", "cvt.rni", ".ftz", ".approx")
+    bad = 0
+    for cc in ((8, 0), (9, 0)):
+        for name, ptx in kc.kernel_ptx(cc).items():
+            ops = {o: n for o, n in kc.ptx_ops(ptx).items()
+                   if any(w in o for w in watch) and (".f" in o or "dp4a" in o)}
+            forbidden = dict(kc.contract_violations(ptx))
+            bad += sum(forbidden.values())
+            out(f"  sm_{cc[0]}{cc[1]} {name:15s} " + ", ".join(f"{o} x{n}" for o, n in sorted(ops.items()))
+                + (f"   FORBIDDEN: {forbidden}" if forbidden else ""))
+    return bad
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--reps", type=int, default=20, help="timed launches per competitor (median)")
     p.add_argument("--simulator", action="store_true",
                    help="run the equality checks at small shapes in Numba's CUDA simulator")
-    p.add_argument("--out", default=str(HERE / "results" / "gpu_check.txt"))
+    p.add_argument("--ptx", action="store_true",
+                   help="only count the contract's instructions in the kernels' PTX (NVVM; no GPU needed)")
+    p.add_argument("--out", default=None, help="where to write what is printed (default "
+                   "validation/results/gpu_check.txt, or cuda_ptx.txt with --ptx)")
     args = p.parse_args(argv)
     if args.simulator:
         os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
+    elif args.ptx:
+        os.environ["NUMBA_ENABLE_CUDASIM"] = "0"
     from refquant.kernels import cuda as kc
+    if args.ptx:
+        try:
+            out("PTX of refquant's CUDA kernels (NVVM), instructions that carry the numeric contract:")
+            bad = ptx_report(kc)
+        except Exception as e:  # noqa: BLE001 - no numba-cuda / NVVM
+            print(f"gpu_check: cannot compile PTX here: {e}", file=sys.stderr)
+            return 2
+        out("no fma / mad, no float add / sub / mul without .rn, no .ftz, no .approx" if bad == 0
+            else f"{bad} FORBIDDEN instructions")
+        write(args.out or str(HERE / "results" / "cuda_ptx.txt"))
+        return 0 if bad == 0 else 1
     if not kc.available():
         print(f"gpu_check: no GPU to check: {kc.unavailable_reason()}; nothing was checked", file=sys.stderr)
         return 2
@@ -297,11 +333,16 @@ def main(argv=None) -> int:
         benchmark(kc, args.reps)
     out(f"{'all identical' if failures == 0 else f'{failures} MISMATCHES'}")
     if not kc.SIMULATED:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(args.out).with_suffix(".tmp")
-        tmp.write_text("\n".join(LINES) + "\n")
-        os.replace(tmp, args.out)
+        write(args.out or str(HERE / "results" / "gpu_check.txt"))
     return 0 if failures == 0 else 1
+
+
+def write(path: str) -> None:
+    """Everything printed, to ``path``, complete or not at all."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(path).with_suffix(".tmp")
+    tmp.write_text("\n".join(LINES) + "\n")
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

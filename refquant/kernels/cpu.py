@@ -357,6 +357,13 @@ def _portable_w4(a, packed, G, gs, s_a, sa_stride, s_wT, bias, has_bias, out_f, 
 MAP_DIVIDE, MAP_RECIPROCAL, MAP_MULTIPLIER = 0, 1, 2
 
 
+@numba.njit(cache=True, inline="always")
+def _mul(a, b):
+    """a * b, rounded once. refquant.kernels.cuda compiles _params for the GPU with this name
+    bound to __nv_fmul_rn, which no compiler contracts into an FMA."""
+    return a * b
+
+
 @numba.njit(cache=True, error_model="numpy")
 def _params(amax, fp, ip):
     """(param, step) of one slice from its amax: refquant.quant.qparams_from_minmax's symmetric
@@ -368,7 +375,7 @@ def _params(amax, fp, ip):
     mapping = ip[0]
     mult = np.float32(0)
     if mapping == MAP_MULTIPLIER:
-        mult = (np.float32(1) / amax) * d if ip[1] == 1 else d / amax
+        mult = _mul(np.float32(1) / amax, d) if ip[1] == 1 else d / amax
     degenerate = amax <= fp[3] or scale == 0
     if mapping == MAP_RECIPROCAL:
         degenerate = degenerate or not math.isfinite(np.float32(1) / scale)

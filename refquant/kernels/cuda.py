@@ -45,6 +45,9 @@ Python thread per CUDA thread, and at the default 5 ms it runs 3-10x slower.)
 from __future__ import annotations
 
 import os
+import re
+import types as types_module
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -209,9 +212,15 @@ else:
                                       for v, t in zip(args, sig.args)])
         return types.int32(types.uint32, types.uint32, types.int32), codegen
 
-# The quantization parameters of one slice from its amax: the very function the CPU kernels
-# run (refquant.kernels.cpu._params), compiled for the GPU.
-_params = _device(cpu._params.py_func) if cuda is not None else None
+def _rebind(fn, **names):
+    """fn's code with some of its global names bound to other objects."""
+    return types_module.FunctionType(fn.__code__, {**fn.__globals__, **names}, fn.__name__,
+                                     fn.__defaults__, fn.__closure__)
+
+
+# The quantization parameters of one slice from its amax: the very code the CPU kernels run
+# (refquant.kernels.cpu._params), compiled for the GPU with its one multiply rounded explicitly.
+_params = _device(_rebind(cpu._params.py_func, _mul=_fmul)) if cuda is not None else None
 
 
 @_device
@@ -913,6 +922,25 @@ def _signatures():
             t.Array(t.int64, 1, "C"), f32, t.int64, f32, f32, t.Array(t.int8, 2, "C"), t.int64, t.int64,
             t.Array(t.uint8, 1, "C"))
     return {"_linear_kernel": (_linear_kernel, linear), "_rows_kernel": (_rows_kernel, rows)}
+
+
+_PTX_OP = re.compile(r"^\s*(?:@!?%p\d+\s+)?([a-z][a-z0-9_.]*)", re.M)
+
+
+def ptx_ops(ptx: str) -> Counter:
+    """{instruction: count} of a PTX text (guards stripped)."""
+    return Counter(_PTX_OP.findall(ptx))
+
+
+def contract_violations(ptx: str) -> Counter:
+    """The float instructions the numeric contract forbids in a kernel's PTX: fused or
+    contractible arithmetic (fma / mad, and add / sub / mul without an explicit rounding
+    modifier, which ptxas may fuse into an FMA), flush-to-zero and approximate operations."""
+    def forbidden(op):
+        floating = ".f32" in op or ".f64" in op or ".f16" in op
+        bare = op.split(".")[0] in ("add", "sub", "mul") and not {"rn", "rz", "rm", "rp"} & set(op.split("."))
+        return floating and (op.startswith(("fma", "mad")) or bare or ".ftz" in op or ".approx" in op)
+    return Counter({op: n for op, n in ptx_ops(ptx).items() if forbidden(op)})
 
 
 def kernel_ptx(cc=(9, 0)) -> dict:
