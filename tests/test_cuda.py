@@ -20,7 +20,8 @@ import refquant as rq
 from refquant.errors import ConfigError, DTypeError, NonFiniteError, OutOfRangeError, ShapeError
 from refquant.kernels import cuda as kc, reference as ref
 from refquant.testing import INT8_STYLES, int8_matrix
-from test_kernels import MODELOPT, Q8BERT, TOKEN, activations, act_styles, same_bits, scale_styles, scales
+from test_kernels import (MODELOPT, Q8BERT, TOKEN, activations, act_styles, int32_bias_problem, layer_norm_problem,
+                          linear_problem, quantize_linear_problem, same_bits, scale_styles, scales, w4_problem)
 
 F32 = np.float32
 EXAMPLES = dict(max_examples=int(os.environ.get("REFQUANT_CUDA_EXAMPLES", 20)), deadline=None)
@@ -56,25 +57,14 @@ def test_gemm_i8(shape, seed, style):
 @given(shape=shapes, seed=seeds, style=int_styles, sa_style=scale_styles, sw_style=scale_styles,
        per_token=st.booleans(), bias=st.booleans(), gelu=st.booleans())
 def test_linear_i8(shape, seed, style, sa_style, sw_style, per_token, bias, gelu):
-    M, K, N = shape
-    rng = np.random.default_rng(seed)
-    a, w = int8_matrix(rng, (M, K), style), int8_matrix(rng, (N, K), style)
-    s_a = scales(rng, M, sa_style) if per_token else scales(rng, 1, sa_style)[0]
-    s_w = scales(rng, N, sw_style)
-    b = (rng.standard_normal(N) * 10 ** rng.uniform(-3, 3)).astype(F32) if bias else None
-    act = "gelu_erf" if gelu else None
+    a, s_a, w, s_w, b, act = linear_problem(shape, seed, style, sa_style, sw_style, per_token, bias, gelu)
     assert same_bits(kc.linear_i8(a, s_a, kc.prepack(w), s_w, b, act), ref.linear_i8(a, s_a, w, s_w, b, act))
 
 
 @settings(**EXAMPLES)
 @given(shape=shapes, seed=seeds, style=int_styles, per_row=st.booleans(), per_token=st.booleans())
 def test_linear_i8_int32_bias(shape, seed, style, per_row, per_token):
-    M, K, N = shape
-    rng = np.random.default_rng(seed)
-    a, w = int8_matrix(rng, (M, K), style), int8_matrix(rng, (N, K), style)
-    q_bias = rng.integers(-2 ** 24, 2 ** 24, (M, N) if per_row else N).astype(np.int32)
-    s_a = scales(rng, M, "normal") if per_token else F32(0.02)
-    s_w = scales(rng, N, "mixed")
+    a, s_a, w, s_w, q_bias = int32_bias_problem(shape, seed, style, per_row, per_token)
     assert same_bits(kc.linear_i8_int32_bias(a, s_a, w, s_w, q_bias),
                      ref.linear_i8_int32_bias(a, s_a, w, s_w, q_bias))
 
@@ -92,25 +82,15 @@ def test_int32_bias_overflow_raises_naming_the_element():
        bias=st.booleans(), per_token=st.booleans(), group=st.sampled_from([None, 1, 3, 8, 9, 32, 33, 200]))
 def test_w4a8(shape, seed, style, extremes4, gelu, bias, per_token, group):
     M, K, N = shape
-    rng = np.random.default_rng(seed)
-    a = int8_matrix(rng, (M, K), style)
-    w4 = (rng.choice(np.array([-8, 7], np.int8), (N, K)) if extremes4
-          else rng.integers(-8, 8, (N, K), dtype=np.int8))
-    packed = ref.pack_w4(w4)
-    s_a = scales(rng, M, "mixed") if per_token else F32(0.5)
-    b = rng.standard_normal(N).astype(F32) if bias else None
-    act = "gelu_erf" if gelu else None
+    a, s_a, w4, packed, s_w, b, act = w4_problem(shape, seed, style, extremes4, gelu, bias, per_token, group)
     device = kc.prepack_w4(packed, K, group)
     assert np.array_equal(device.values(), w4)  # 4 bits per weight on the device, byte for byte back
     assert device.nbytes() <= N * (-(-K // (group or K)) * (-(-(group or K) // 32) * 32)) // 2
     if group is None:
-        s_w = scales(rng, N, "mixed")
         want = ref.linear_w4a8_rows(a, s_a, packed, K, s_w, b, act)
         assert same_bits(kc.linear_w4a8_rows(a, s_a, device, K, s_w, b, act), want)
         assert same_bits(kc.linear_w4a8_rows(a, s_a, packed, K, s_w, b, act), want)
         return
-    G = -(-K // group)
-    s_w = scales(rng, N * G, "mixed").reshape(N, G)
     want = ref.linear_w4a8_groups(a, s_a, packed, K, s_w, group, b, act)
     assert same_bits(kc.linear_w4a8_groups(a, s_a, device, K, s_w, group, b, act), want)
 
@@ -195,10 +175,7 @@ def test_quantize_rows(M, K, seed, per_row, mode, rounding, narrow):
 @given(M=st.integers(1, 6), C=st.integers(1, 70), seed=seeds, eps=st.sampled_from([1e-5, 1e-12, 0.1]),
        spec=st.sampled_from([TOKEN, Q8BERT]))
 def test_layer_norm_quantize_per_token(M, C, seed, eps, spec):
-    rng = np.random.default_rng(seed)
-    x = (rng.standard_normal((M, C)) * 10 ** rng.uniform(-3, 3) + rng.uniform(-5, 5)).astype(F32)
-    gamma = rng.uniform(0.5, 2, C).astype(F32)
-    beta = rng.standard_normal(C).astype(F32)
+    x, gamma, beta = layer_norm_problem(M, C, seed)
     y, q, s = kc.layer_norm_quantize_per_token(x, gamma, beta, eps, spec)
     y0, q0, s0 = ref.layer_norm_quantize_per_token(x, gamma, beta, eps, spec)
     assert same_bits(y, y0) and np.array_equal(q, q0) and same_bits(np.asarray(s), np.asarray(s0))
@@ -208,15 +185,8 @@ def test_layer_norm_quantize_per_token(M, C, seed, eps, spec):
 @given(shape=shapes, seed=seeds, style=act_styles, which=st.sampled_from(["token", "q8bert", "static"]),
        bias=st.booleans(), gelu=st.booleans())
 def test_quantize_linear_i8(shape, seed, style, which, bias, gelu):
-    M, K, N = shape
-    rng = np.random.default_rng(seed)
-    x = activations(rng, M, K, style)
-    w = int8_matrix(rng, (N, K), "uniform")
-    s_w = scales(rng, N, "normal")
-    b = rng.standard_normal(N).astype(F32) if bias else None
+    x, quant, w, s_w, b = quantize_linear_problem(shape, seed, style, which, bias)
     act = "gelu_erf" if gelu else None
-    quant = {"token": TOKEN, "q8bert": Q8BERT,
-             "static": rq.qparams_from_amax(F32(np.abs(x).max() / 2 + 1e-3), MODELOPT)}[which]
     assert same_bits(kc.quantize_linear_i8(x, quant, kc.prepack(w), s_w, b, act),
                      ref.quantize_linear_i8(x, quant, w, s_w, b, act))
 

@@ -63,6 +63,70 @@ scale_styles = st.sampled_from(["normal", "tiny", "huge", "pow2", "mixed"])
 
 
 # ---------------------------------------------------------------------------------------
+# drawn problems (tests/test_cuda.py builds the same cases for the CUDA kernels)
+# ---------------------------------------------------------------------------------------
+def linear_problem(shape, seed, style, sa_style, sw_style, per_token, bias, gelu):
+    """(a, s_a, w, s_w, bias, activation) of one linear_i8 case."""
+    M, K, N = shape
+    rng = np.random.default_rng(seed)
+    a, w = int8_matrix(rng, (M, K), style), int8_matrix(rng, (N, K), style)
+    s_a = scales(rng, M, sa_style) if per_token else scales(rng, 1, sa_style)[0]
+    s_w = scales(rng, N, sw_style)
+    b = (rng.standard_normal(N) * 10 ** rng.uniform(-3, 3)).astype(F32) if bias else None
+    return a, s_a, w, s_w, b, ("gelu_erf" if gelu else None)
+
+
+def int32_bias_problem(shape, seed, style, per_row, per_token):
+    """(a, s_a, w, s_w, q_bias) of one linear_i8_int32_bias case."""
+    M, K, N = shape
+    rng = np.random.default_rng(seed)
+    a, w = int8_matrix(rng, (M, K), style), int8_matrix(rng, (N, K), style)
+    q_bias = rng.integers(-2 ** 24, 2 ** 24, (M, N) if per_row else N).astype(np.int32)
+    s_a = scales(rng, M, "normal") if per_token else F32(0.02)
+    s_w = scales(rng, N, "mixed")
+    return a, s_a, w, s_w, q_bias
+
+
+def w4_problem(shape, seed, style, extremes4, gelu, bias, per_token, group):
+    """(a, s_a, w4 values, pack_w4 bytes, s_w ([N], or [N, G] with groups), bias, activation)."""
+    M, K, N = shape
+    rng = np.random.default_rng(seed)
+    a = int8_matrix(rng, (M, K), style)
+    w4 = (rng.choice(np.array([-8, 7], np.int8), (N, K)) if extremes4
+          else rng.integers(-8, 8, (N, K), dtype=np.int8))
+    s_a = scales(rng, M, "mixed") if per_token else F32(0.5)
+    b = rng.standard_normal(N).astype(F32) if bias else None
+    if group is None:
+        s_w = scales(rng, N, "mixed")
+    else:
+        G = -(-K // group)
+        s_w = scales(rng, N * G, "mixed").reshape(N, G)
+    return a, s_a, w4, ref.pack_w4(w4), s_w, b, ("gelu_erf" if gelu else None)
+
+
+def layer_norm_problem(M, C, seed):
+    """(x, gamma, beta): rows with a random offset and a scale over six decades."""
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((M, C)) * 10 ** rng.uniform(-3, 3) + rng.uniform(-5, 5)).astype(F32)
+    gamma = rng.uniform(0.5, 2, C).astype(F32)
+    beta = rng.standard_normal(C).astype(F32)
+    return x, gamma, beta
+
+
+def quantize_linear_problem(shape, seed, style, which, bias):
+    """(x, quant, w, s_w, bias): quant is a dynamic spec (token, q8bert) or static QParams."""
+    M, K, N = shape
+    rng = np.random.default_rng(seed)
+    x = activations(rng, M, K, style)
+    w = int8_matrix(rng, (N, K), "uniform")
+    s_w = scales(rng, N, "normal")
+    b = rng.standard_normal(N).astype(F32) if bias else None
+    quant = {"token": TOKEN, "q8bert": Q8BERT,
+             "static": rq.qparams_from_amax(F32(np.abs(x).max() / 2 + 1e-3), MODELOPT)}[which]
+    return x, quant, w, s_w, b
+
+
+# ---------------------------------------------------------------------------------------
 # int8 x int8
 # ---------------------------------------------------------------------------------------
 @settings(**EXAMPLES)
@@ -85,13 +149,7 @@ def test_gemm_every_path_equals_int64_matmul(shape, seed, style):
 @given(shape=shapes, seed=seeds, style=int_styles, sa_style=scale_styles, sw_style=scale_styles,
        per_token=st.booleans(), bias=st.booleans(), gelu=st.booleans())
 def test_linear_i8(shape, seed, style, sa_style, sw_style, per_token, bias, gelu):
-    M, K, N = shape
-    rng = np.random.default_rng(seed)
-    a, w = int8_matrix(rng, (M, K), style), int8_matrix(rng, (N, K), style)
-    s_a = scales(rng, M, sa_style) if per_token else scales(rng, 1, sa_style)[0]
-    s_w = scales(rng, N, sw_style)
-    b = (rng.standard_normal(N) * 10 ** rng.uniform(-3, 3)).astype(F32) if bias else None
-    act = "gelu_erf" if gelu else None
+    a, s_a, w, s_w, b, act = linear_problem(shape, seed, style, sa_style, sw_style, per_token, bias, gelu)
     want = ref.linear_i8(a, s_a, w, s_w, b, act)
     # the definition, spelled out
     acc = (a.astype(np.int64) @ w.astype(np.int64).T).astype(np.int32)
@@ -106,12 +164,7 @@ def test_linear_i8(shape, seed, style, sa_style, sw_style, per_token, bias, gelu
 @settings(**EXAMPLES)
 @given(shape=shapes, seed=seeds, style=int_styles, per_row=st.booleans(), per_token=st.booleans())
 def test_linear_i8_int32_bias(shape, seed, style, per_row, per_token):
-    M, K, N = shape
-    rng = np.random.default_rng(seed)
-    a, w = int8_matrix(rng, (M, K), style), int8_matrix(rng, (N, K), style)
-    q_bias = rng.integers(-2 ** 24, 2 ** 24, (M, N) if per_row else N).astype(np.int32)
-    s_a = scales(rng, M, "normal") if per_token else F32(0.02)
-    s_w = scales(rng, N, "mixed")
+    a, s_a, w, s_w, q_bias = int32_bias_problem(shape, seed, style, per_row, per_token)
     want = ref.linear_i8_int32_bias(a, s_a, w, s_w, q_bias)
     total = a.astype(np.int64) @ w.astype(np.int64).T + q_bias
     assert same_bits(want, total.astype(np.int32).astype(F32) *
@@ -179,18 +232,10 @@ def test_k_limit():
        group=st.sampled_from([None, 1, 3, 4, 8, 9, 32, 64, 200]))
 def test_w4a8(shape, seed, style, extremes4, gelu, bias, per_token, group):
     M, K, N = shape
-    rng = np.random.default_rng(seed)
-    a = int8_matrix(rng, (M, K), style)
-    w4 = (rng.choice(np.array([-8, 7], np.int8), (N, K)) if extremes4
-          else rng.integers(-8, 8, (N, K), dtype=np.int8))
-    packed = ref.pack_w4(w4)
+    a, s_a, w4, packed, s_w, b, act = w4_problem(shape, seed, style, extremes4, gelu, bias, per_token, group)
     assert packed.shape == (N, (K + 1) // 2) and np.array_equal(ref.unpack_w4(packed, K), w4)
     assert np.array_equal(cpu.unpack_w4(packed, K), w4)
-    s_a = scales(rng, M, "mixed") if per_token else F32(0.5)
-    b = rng.standard_normal(N).astype(F32) if bias else None
-    act = "gelu_erf" if gelu else None
     if group is None:
-        s_w = scales(rng, N, "mixed")
         want = ref.linear_w4a8_rows(a, s_a, packed, K, s_w, b, act)
         assert same_bits(want, ref.linear_i8(a, s_a, w4, s_w, b, act))
         prepacked = cpu.prepack_w4(packed, K)
@@ -199,8 +244,7 @@ def test_w4a8(shape, seed, style, extremes4, gelu, bias, per_token, group):
             assert same_bits(cpu.linear_w4a8_rows(a, s_a, prepacked, K, s_w, b, act, path=path), want)
         assert same_bits(cpu.linear_w4a8_rows(a, s_a, packed, K, s_w, b, act), want)
         return
-    G = -(-K // group)
-    s_w = scales(rng, N * G, "mixed").reshape(N, G)
+    G = s_w.shape[1]
     want = ref.linear_w4a8_groups(a, s_a, packed, K, s_w, group, b, act)
     y = None
     for g in range(G):  # the definition, spelled out
@@ -325,10 +369,7 @@ def test_quantize_rows(M, K, seed, per_row, mode, rounding, narrow):
 @given(M=st.integers(1, 9), C=st.integers(1, 70), seed=seeds, eps=st.sampled_from([1e-5, 1e-12, 0.1]),
        spec=st.sampled_from([TOKEN, Q8BERT]))
 def test_layer_norm_quantize_per_token(M, C, seed, eps, spec):
-    rng = np.random.default_rng(seed)
-    x = (rng.standard_normal((M, C)) * 10 ** rng.uniform(-3, 3) + rng.uniform(-5, 5)).astype(F32)
-    gamma = rng.uniform(0.5, 2, C).astype(F32)
-    beta = rng.standard_normal(C).astype(F32)
+    x, gamma, beta = layer_norm_problem(M, C, seed)
     y0 = layer_norm_rows(x, gamma, beta, eps)[0]
     q0 = rq.quantize(y0, rq.choose_qparams(y0, spec))
     y, q, s = ref.layer_norm_quantize_per_token(x, gamma, beta, eps, spec)
@@ -341,14 +382,7 @@ def test_layer_norm_quantize_per_token(M, C, seed, eps, spec):
 @given(shape=shapes, seed=seeds, style=act_styles, which=st.sampled_from(["token", "q8bert", "static"]),
        bias=st.booleans())
 def test_quantize_linear_i8(shape, seed, style, which, bias):
-    M, K, N = shape
-    rng = np.random.default_rng(seed)
-    x = activations(rng, M, K, style)
-    w = int8_matrix(rng, (N, K), "uniform")
-    s_w = scales(rng, N, "normal")
-    b = rng.standard_normal(N).astype(F32) if bias else None
-    quant = {"token": TOKEN, "q8bert": Q8BERT,
-             "static": rq.qparams_from_amax(F32(np.abs(x).max() / 2 + 1e-3), MODELOPT)}[which]
+    x, quant, w, s_w, b = quantize_linear_problem(shape, seed, style, which, bias)
     want = ref.quantize_linear_i8(x, quant, w, s_w, b)
     q, s_a = (ref.quantize_dynamic(x, quant) if which != "static" else ref.quantize_activation(x, quant))
     assert same_bits(want, ref.linear_i8(q, s_a, w, s_w, b))

@@ -1080,30 +1080,13 @@ def quantize_linear_i8(x, quant, w, s_w, bias=None, activation=None, path=None) 
 
 def _w4(what, a, s_a, w_packed, K, s_w, group_size, bias, activation, path):
     prepacked = w_packed if isinstance(w_packed, PackedW4) else None
-    if prepacked is not None:
-        if K != prepacked.K:
-            raise ConfigError(f"{what}: K = {K!r}, but the PackedW4 was built for K = {prepacked.K}")
-        if prepacked.group_size != group_size:
-            raise ConfigError(f"{what}: the PackedW4 was built with group_size="
-                              f"{prepacked.group_size!r}; this call needs prepack_w4(w_packed, K, "
-                              f"group_size={group_size!r})")
-        N = prepacked.N
-    else:
-        K = ref.check_packed_w4(w_packed, K, what)
-        N = w_packed.shape[0]
-    ref.check_int_matrix(a, np.int8, f"{what}: a")
-    if a.shape[1] != K:
-        raise ShapeError(f"{what}: a is [M, K] = {list(a.shape)} but the weights have K = {K}")
-    M = a.shape[0]
-    ref.check_k(M, K, N, W4_MAX_K, what)
+    M, K, N, G, s_a, s_w, bias = ref.check_w4a8_call(what, a, s_a, w_packed, K, s_w, group_size, bias,
+                                                     activation)
     if group_size is None:
-        G, gs = 1, K
-        s_a, s_w, bias = ref.check_epilogue(M, N, s_a, s_w, bias, activation, what)
+        gs = K
         s_wT = np.ascontiguousarray(s_w.reshape(1, N))
     else:
-        G = ref.group_count(K, group_size, what)
         gs = int(group_size)
-        s_a, s_w, bias = ref.check_epilogue(M, N, s_a, s_w, bias, activation, what, s_w_shape=(N, G))
         s_wT = np.ascontiguousarray(s_w.T)
     path = _path(path)
     s_a_arr, sa_stride = _scales(s_a, M)

@@ -693,26 +693,8 @@ def linear_i8_int32_bias(a, s_a, w, s_w, q_bias) -> np.ndarray:
 
 def _w4(what, a, s_a, w_packed, K, s_w, group_size, bias, activation):
     _require()
-    if isinstance(w_packed, CudaW4):
-        if K != w_packed.K:
-            raise ConfigError(f"{what}: K = {K!r}, but the CudaW4 was built for K = {w_packed.K}")
-        if w_packed.group_size != group_size:
-            raise ConfigError(f"{what}: the CudaW4 was built with group_size={w_packed.group_size!r}; "
-                              f"this call needs prepack_w4(w_packed, K, group_size={group_size!r})")
-        N = w_packed.N
-    else:
-        K = ref.check_packed_w4(w_packed, K, what)
-        N = w_packed.shape[0]
-    ref.check_int_matrix(a, np.int8, f"{what}: a")
-    if a.shape[1] != K:
-        raise ShapeError(f"{what}: a is [M, K] = {list(a.shape)} but the weights have K = {K}")
-    M = a.shape[0]
-    ref.check_k(M, K, N, W4_MAX_K, what)
-    if group_size is None:
-        s_a, s_w, bias = ref.check_epilogue(M, N, s_a, s_w, bias, activation, what)
-    else:
-        G = ref.group_count(K, group_size, what)
-        s_a, s_w, bias = ref.check_epilogue(M, N, s_a, s_w, bias, activation, what, s_w_shape=(N, G))
+    M, K, N, _, s_a, s_w, bias = ref.check_w4a8_call(what, a, s_a, w_packed, K, s_w, group_size, bias,
+                                                     activation)
     if M == 0 or N == 0 or K == 0:  # nothing to multiply: the reference's own arithmetic
         packed = pack_w4(w_packed.values()) if isinstance(w_packed, CudaW4) else w_packed
         if group_size is None:

@@ -278,6 +278,34 @@ def group_count(K: int, group_size, what: str) -> int:
     return -(-K // int(group_size))
 
 
+def check_w4a8_call(what, a, s_a, w, K, s_w, group_size, bias, activation):
+    """The argument checks of a W4A8 call, shared by the cpu and cuda kernels: ``w`` is pack_w4's
+    uint8 array or a backend's prepacked weights (with .K, .N and .group_size). Returns
+    (M, K, N, G, s_a, s_w, bias); G is 1 for output-row scales (group_size None)."""
+    if hasattr(w, "group_size"):
+        kind = type(w).__name__
+        if K != w.K:
+            raise ConfigError(f"{what}: K = {K!r}, but the {kind} was built for K = {w.K}")
+        if w.group_size != group_size:
+            raise ConfigError(f"{what}: the {kind} was built with group_size={w.group_size!r}; "
+                              f"this call needs prepack_w4(w_packed, K, group_size={group_size!r})")
+        N = w.N
+    else:
+        K = check_packed_w4(w, K, what)
+        N = w.shape[0]
+    check_int_matrix(a, np.int8, f"{what}: a")
+    if a.shape[1] != K:
+        raise ShapeError(f"{what}: a is [M, K] = {list(a.shape)} but the weights have K = {K}")
+    M = a.shape[0]
+    check_k(M, K, N, W4_MAX_K, what)
+    if group_size is None:
+        s_a, s_w, bias = check_epilogue(M, N, s_a, s_w, bias, activation, what)
+        return M, K, N, 1, s_a, s_w, bias
+    G = group_count(K, group_size, what)
+    s_a, s_w, bias = check_epilogue(M, N, s_a, s_w, bias, activation, what, s_w_shape=(N, G))
+    return M, K, N, G, s_a, s_w, bias
+
+
 def linear_w4a8_groups(a, s_a, w_packed, K, s_w_groups, group_size, bias=None,
                        activation=None) -> np.ndarray:
     """W4A8 with input-dimension groups (GPTQ / compressed-tensors style).
