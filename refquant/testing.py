@@ -28,16 +28,54 @@ from .spec import QuantSpec
 F32 = np.float32
 EDGE_VALUES = (0.0, -0.0, 0.5, -0.5, 1.5, -2.5, 127.5, -128.5, 127.0, -128.0, 7.5, -8.5, 1e-30, -1000.0)
 
-__all__ = ["quant_specs", "tensors", "gemm_problems", "int8_matrix", "EDGE_VALUES", "assert_bitexact",
+__all__ = ["quant_specs", "STACK_CHOICES", "tensors", "gemm_problems", "int8_matrix", "EDGE_VALUES", "assert_bitexact",
            "assert_within_quant_error"]
+
+
+# What each stack lets its user choose (docs/stacks.md; each preset's docstring in dialects.py),
+# so that a spec drawn for a dialect is one that stack itself computes from (x, scale,
+# zero_point): the dialect's own rounding, mapping and zero-point rules, never refquant's other
+# options. "channel" and "group" axes are 0 or -1 (valid for any ndim >= 1); "group" is drawn
+# only where a partial last group is allowed (ONNX), since a strategy cannot see the tensor's
+# shape; ZeroQuant's row groups are drawn as one group for the same reason.
+STACK_CHOICES = {
+    "onnx": dict(bits=(8, 4), signed=(False, True), symmetric=(False, True), narrow=(False,),
+                 granularity=("tensor", "channel", "group")),
+    "torch": dict(bits=(8,), signed=(True, False), symmetric=(True, False), narrow=(False,),
+                  granularity=("tensor", "channel")),
+    "modelopt": dict(bits=(8, 4), signed=(True,), symmetric=(True,), narrow=(False, True),
+                     granularity=("tensor", "channel")),
+    "compressed_tensors": dict(bits=(8, 4), signed=(True,), symmetric=(True, False), narrow=(False,),
+                               granularity=("tensor", "channel", "token")),
+    "q8bert": dict(bits=(8,), signed=(True,), symmetric=(True,), narrow=(True,), granularity=("tensor",)),
+    "deepspeed": dict(bits=(8, 4), signed=(True,), symmetric=(True, False), narrow=(False,),
+                      granularity=("tensor", "group", "token")),
+}
 
 
 @st.composite
 def quant_specs(draw, granularity: str | None = None, dialects=None):
-    """Any valid QuantSpec: a dialect (from ``dialects``, default all, plus hand-made ones) with
-    random overrides of bits, signedness, symmetry, range, rounding, mapping, zero-point rules,
-    denominator and granularity (``granularity`` fixes it: tensor, channel, group, token)."""
-    base = draw(st.sampled_from(list(dialects or DIALECTS) + ([] if dialects else ["custom"])))
+    """A valid QuantSpec.
+
+    dialects=None: any spec refquant can compute: a dialect or a hand-made spec with random
+    overrides of every rule (bits 2..8, signedness, symmetry, range, rounding, mapping,
+    zero-point rules, denominator, granularity).
+    dialects=[names]: only what those stacks have (STACK_CHOICES): the dialect's own rules, with
+    the bits, signedness, symmetry, range and granularity its users can pick. A stack under test
+    given (x, scale, zero_point, axis, qmin, qmax) can reproduce every such spec.
+    ``granularity`` fixes the granularity (tensor, channel, group, token); with ``dialects`` it
+    must be one that at least one of them has."""
+    g = granularity
+    if dialects:
+        unknown = [d for d in dialects if d not in STACK_CHOICES]
+        if unknown:
+            raise ValueError(f"quant_specs: unknown dialect(s) {unknown}; known: {', '.join(STACK_CHOICES)}")
+        able = [d for d in dialects if g is None or g in STACK_CHOICES[d]["granularity"]]
+        if not able:
+            raise ValueError(f"quant_specs: none of the dialects {list(dialects)} has granularity {g!r}")
+        name = draw(st.sampled_from(able))
+        return _stack_spec(draw, name, g)
+    base = draw(st.sampled_from(list(DIALECTS) + ["custom"]))
     bits = draw(st.integers(2, 8))
     signed = draw(st.booleans())
     symmetric = draw(st.booleans())
@@ -55,7 +93,7 @@ def quant_specs(draw, granularity: str | None = None, dialects=None):
         fields["zero_point_rule"] = draw(st.sampled_from(["offset_then_round", "round_then_offset"]))
         fields["include_zero"] = fields["zero_point_add"] != "float_offset" or draw(st.booleans())
     fields["denominator"] = draw(st.sampled_from(["qmax", "half_range", "pow2"]))
-    g = granularity or draw(st.sampled_from(["tensor", "channel", "group", "token"]))
+    g = g or draw(st.sampled_from(["tensor", "channel", "group", "token"]))
     fields["granularity"] = g
     if g == "token":
         fields["dynamic"] = True
@@ -69,6 +107,23 @@ def quant_specs(draw, granularity: str | None = None, dialects=None):
     if fields["mapping"] != "multiplier":
         fields["degenerate_output"] = "scale"   # ModelOpt's zero multiplier needs its own mapping
     return QuantSpec(**fields) if base == "custom" else dialect(base, **fields)
+
+
+def _stack_spec(draw, name: str, granularity: str | None) -> QuantSpec:
+    """A spec of dialect ``name`` with only the choices its stack offers (STACK_CHOICES)."""
+    choices = STACK_CHOICES[name]
+    fields = {key: draw(st.sampled_from(choices[key])) for key in ("bits", "signed", "symmetric", "narrow")}
+    g = granularity or draw(st.sampled_from(choices["granularity"]))
+    fields["granularity"] = g
+    if g == "channel":
+        fields["axis"] = draw(st.sampled_from([0, -1]))
+    elif g == "token":
+        fields["dynamic"] = True
+    elif g == "group" and name == "deepspeed":
+        fields.update(group_kind="rows", num_groups=1)
+    elif g == "group":
+        fields.update(group_kind="input", group_size=draw(st.integers(1, 5)), axis=draw(st.sampled_from([0, -1])))
+    return dialect(name, **fields)
 
 
 def tensors(min_side: int = 1, max_side: int = 7, ndim: int = 2, elements=None):

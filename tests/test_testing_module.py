@@ -3,12 +3,13 @@ they should (and pass what they should)."""
 import numpy as np
 import pytest
 from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 import refquant as rq
 from refquant.kernels import cpu, reference as ref
 from refquant.quant import expand
-from refquant.testing import (assert_bitexact, assert_within_quant_error, gemm_problems, quant_specs,
-                              tensors)
+from refquant.testing import (STACK_CHOICES, assert_bitexact, assert_within_quant_error, gemm_problems,
+                              quant_specs, tensors)
 
 F32 = np.float32
 
@@ -66,4 +67,29 @@ def test_gemm_problems_feed_the_kernels(problem):
 @settings(max_examples=60, deadline=None)
 @given(spec=quant_specs(granularity="channel", dialects=["onnx", "torch"]))
 def test_quant_specs_respects_granularity_and_dialects(spec):
-    assert spec.granularity == "channel" and spec.axis == 0
+    assert spec.granularity == "channel" and spec.axis in (0, -1) and spec.dialect in ("onnx", "torch")
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data(), name=st.sampled_from(sorted(STACK_CHOICES)))
+def test_a_dialects_specs_keep_its_own_rules_and_are_computable(data, name):
+    """Drawn for a dialect: only the fields its users can choose differ from the preset, and
+    choose_qparams accepts the spec on any drawn tensor."""
+    spec = data.draw(quant_specs(dialects=[name]))
+    choices = STACK_CHOICES[name]
+    preset = rq.dialect(name, bits=spec.bits, signed=spec.signed, symmetric=spec.symmetric, narrow=spec.narrow,
+                        granularity=spec.granularity, axis=spec.axis, dynamic=spec.dynamic,
+                        group_kind=spec.group_kind, group_size=spec.group_size, num_groups=spec.num_groups)
+    assert spec == preset
+    assert spec.bits in choices["bits"] and spec.signed in choices["signed"]
+    assert spec.symmetric in choices["symmetric"] and spec.narrow in choices["narrow"]
+    assert spec.granularity in choices["granularity"]
+    x = data.draw(tensors())
+    rq.fake_quant(x, rq.choose_qparams(x, spec))
+
+
+@settings(max_examples=1)
+@given(data=st.data())
+def test_quant_specs_refuses_a_granularity_no_dialect_has(data):
+    with pytest.raises(ValueError, match="q8bert"):
+        data.draw(quant_specs(granularity="channel", dialects=["q8bert"]))

@@ -21,7 +21,9 @@ from .observers import (EmaMaxObserver, MaxObserver, MinMaxObserver, MovingAvera
                         PerChannelMaxObserver, PerChannelMinMaxObserver)
 from ._base import Observer
 
+observer = make_observer   # the name of the public API v1 (docs/DESIGN.md): rq.calib.observer("entropy")
+
 __all__ = ["Observer", "MaxObserver", "EmaMaxObserver", "MinMaxObserver", "MovingAverageMinMaxObserver",
-           "PerChannelMaxObserver", "PerChannelMinMaxObserver", "HistogramObserver", "make_observer",
+           "PerChannelMaxObserver", "PerChannelMinMaxObserver", "HistogramObserver", "make_observer", "observer",
            "CALIBRATORS", "DEFAULT_PERCENTILE", "compute_amax_entropy", "compute_amax_percentile",
            "compute_amax_mse", "merge_bins", "histc_float32", "linspace_float32"]
