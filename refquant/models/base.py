@@ -41,6 +41,11 @@ class Model:
         """The GEMM sites in execution order (each has ``site + ".weight"`` of shape [out, in])."""
         raise NotImplementedError
 
+    def forward_sites(self) -> list[str]:
+        """The GEMM sites ``forward`` runs, in execution order (``sites()`` may hold more, such as
+        BERT's pooler, which only ``pooled`` runs)."""
+        return self.sites()
+
     def linear(self, site: str, x: np.ndarray) -> np.ndarray:
         """x @ W.T + b at GEMM site ``site`` (a decoder's "lm_head" may use the tied embedding)."""
         if site == "lm_head":

@@ -39,6 +39,9 @@ class Bert(Model):
                     f"{p}.attention.output.dense", f"{p}.intermediate.dense", f"{p}.output.dense"]
         return out + (["pooler.dense"] if self.has_pooler else [])
 
+    def forward_sites(self):
+        return [s for s in self.sites() if s != "pooler.dense"]
+
     def expected_shapes(self):
         c = self.config
         C, I = c.hidden_size, c.intermediate_size
