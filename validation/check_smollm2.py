@@ -18,7 +18,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from textdata import SMOLLM2_DIR, wiki_text  # noqa: E402
+from textdata import SMOLLM2_DIR, need_smollm2, need_wiki_text  # noqa: E402
 
 import refquant as rq  # noqa: E402
 
@@ -29,10 +29,8 @@ def main() -> int:
     ap.add_argument("--tokens", type=int, default=1024, help="tokens of Wikipedia text for perplexity")
     ap.add_argument("--window", type=int, default=512)
     args = ap.parse_args()
-    if not Path(args.checkpoint, "config.json").exists():
-        print(f"error: {args.checkpoint}: no converted checkpoint; run python validation/import_smollm2.py",
-              file=sys.stderr)
-        return 2
+    need_smollm2(args.checkpoint)
+    text = need_wiki_text()
     lines, failed = [], False
 
     def say(msg):
@@ -42,10 +40,6 @@ def main() -> int:
     t0 = time.perf_counter()
     model = rq.load(args.checkpoint)
     say(f"refquant: {model} loaded in {time.perf_counter() - t0:.2f} s")
-    text = wiki_text()
-    if text is None:
-        print("error: gensim's Wikipedia excerpt is missing: pip install --no-deps gensim", file=sys.stderr)
-        return 2
     ids = model.encode(text)["input_ids"][0][: args.tokens]
 
     t0 = time.perf_counter()

