@@ -258,12 +258,12 @@ def _write_qparams(tensors: dict, module: str, base: str, qp: QParams, shape, st
 
 
 def _read_qparams(ckpt, module: str, base: str, spec: QuantSpec, shape, consumed: set) -> QParams:
+    path = getattr(ckpt, "source", str(ckpt))
     if base == "weight":
-        strategy, group_size = _ct_weight_layout(spec, shape, module)
+        strategy, group_size = _ct_weight_layout(spec, shape, f"{path}: {module}")
         fshape = qio.ct_scale_shape(strategy, shape, group_size)
     else:
         strategy, fshape = "tensor", (1,)
-    path = getattr(ckpt, "source", str(ckpt))
 
     def take(suffix, dtypes, what):
         name = f"{module}.{base}_{suffix}"

@@ -125,3 +125,16 @@ def test_row_block_rows_is_the_one_rule():
     x = np.arange(12, dtype=F32).reshape(6, 2) - 5
     qp = rq.choose_qparams(x, spec)
     assert same_bits(qp.scale, (np.abs(x.reshape(4, 3)).max(axis=1) / F32(128)).astype(F32))
+
+
+def test_a_checkpoint_whose_groups_cut_rows_is_refused_at_load(tmp_path):
+    import json
+    make, dims = ODD["llama"]
+    m = rq.load(make(tmp_path / "m", **dims)[0])
+    path = save_quantized(rq.quantize_model(m, "zeroquant-w8a8", num_groups=8, progress=False), tmp_path / "q")
+    cfg = (path / "config.json").read_text()
+    assert '"num_groups": 8' in cfg
+    (path / "config.json").write_text(cfg.replace('"num_groups": 8', '"num_groups": 16'))
+    with pytest.raises(rq.ShapeError, match=r"q: model\.layers\.0\.self_attn\.q_proj: 40 output rows cannot be "
+                                            r"cut into num_groups=16"):
+        load_quantized(path)
