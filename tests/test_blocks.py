@@ -10,6 +10,8 @@ from refquant.train import blocks
 from test_backward import assert_close, numeric_grad
 from test_models_small import bert_checkpoint, gpt2_checkpoint, llama_checkpoint
 
+GELU = activations.ACTIVATIONS["gelu"]
+
 
 @settings(max_examples=6, deadline=None)
 @given(seed=st.integers(0, 2 ** 31), masked=st.booleans())
@@ -29,12 +31,12 @@ def test_bert_block_backward_matches_finite_differences(seed, masked):
     mask = np.ones((B, T), np.int64)
     if masked:
         mask[1, 2:] = 0
-    y, cache = blocks.bert_block_forward(params, x, mask, heads, 1e-5)
+    y, cache = blocks.bert_block_forward(params, x, mask, heads, 1e-5, activation=GELU)
     R = rng.standard_normal(y.shape)
     dx, grads = blocks.bert_block_backward(R, cache)
 
     def loss():
-        return float(np.sum(blocks.bert_block_forward(params, x, mask, heads, 1e-5)[0] * R))
+        return float(np.sum(blocks.bert_block_forward(params, x, mask, heads, 1e-5, activation=GELU)[0] * R))
     assert_close(dx, numeric_grad(loss, x), "x")
     for name in sorted(params):
         assert_close(grads[name], numeric_grad(loss, params[name]), name)
@@ -46,7 +48,8 @@ def test_bert_block_forward_equals_the_models_block(tmp_path):
     x = np.random.default_rng(0).standard_normal((2, 5, 20)).astype(np.float32)
     mask = np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
     want = m.block(1, x, mask)
-    got = blocks.bert_block_forward(blocks.block_params(m, 1), x, mask, 5, m.config.layer_norm_eps)[0]
+    got = blocks.bert_block_forward(blocks.block_params(m, 1), x, mask, 5, m.config.layer_norm_eps,
+                                    activation=m.activation)[0]
     assert got.dtype == np.float32 and np.array_equal(got.view(np.uint32), want.view(np.uint32))
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..nn import attention_forward, layer_norm_forward, linear_forward, rms_norm_forward, rope_forward, rope_tables
-from ..nn.activations import ACTIVATIONS, Activation
+from ..nn.activations import Activation
 from ..nn.backward import attention_backward, layer_norm_backward, linear_backward, rms_norm_backward, rope_backward
 from ..quant import choose_qparams, fake_quant
 from .ste import fake_quant_backward
@@ -100,10 +100,10 @@ def _merge(t):  # [B, n, T, D] -> [B, T, n*D]
     return t.transpose(0, 2, 1, 3).reshape(B, T, n * D)
 
 
-def bert_block_forward(params: dict, x, mask, heads: int, eps: float, sites=None,
-                       activation: Activation = ACTIVATIONS["gelu"]):
+def bert_block_forward(params: dict, x, mask, heads: int, eps: float, sites=None, *, activation: Activation):
     """BERT's post-LN block: LN(x + attn(x)), then LN(h + ffn(h)) with ffn = dense(act(dense(h))).
-    ``sites`` {site: SiteLinear} (default: float everywhere). Returns (y, cache)."""
+    ``sites`` {site: SiteLinear} (default: float everywhere); ``activation`` the model's (no
+    default: a block must not assume one). Returns (y, cache)."""
     sites, lin = sites or {}, {}
     linear, _ = _linears(params, sites, lin, {})
     B, T, C = x.shape
@@ -135,8 +135,7 @@ def bert_block_backward(dy, cache):
     return dx, g
 
 
-def gpt2_block_forward(params: dict, x, mask, heads: int, eps: float,
-                       activation: Activation = ACTIVATIONS["gelu_new"], sites=None):
+def gpt2_block_forward(params: dict, x, mask, heads: int, eps: float, activation: Activation, sites=None):
     """GPT-2's pre-LN block: x + attn(LN1(x)) (causal), then + mlp(LN2(.)). Returns (y, cache)."""
     sites, lin = sites or {}, {}
     linear, _ = _linears(params, sites, lin, {})
@@ -167,7 +166,7 @@ def gpt2_block_backward(dy, cache):
 
 
 def llama_block_forward(params: dict, x, mask, heads: int, kv_heads: int, head_dim: int, eps: float,
-                        rope_theta: float, sites=None, activation: Activation = ACTIVATIONS["silu"]):
+                        rope_theta: float, sites=None, *, activation: Activation):
     """Llama's block: x + attn(RMSNorm(x)) with RoPE on q and k, causal, grouped-query; then
     + down(act(gate(.)) * up(.)) on RMSNorm (act: silu). Returns (y, cache)."""
     sites, lin = sites or {}, {}
@@ -217,7 +216,7 @@ class Block:
         if self.family == "bert":
             self.sites = BERT_SITES
             self._fwd = lambda p, x, m, s: bert_block_forward(p, x, m, c.num_attention_heads, c.layer_norm_eps, s,
-                                                              act)
+                                                              activation=act)
             self._bwd = bert_block_backward
         elif self.family == "gpt2":
             self.sites = GPT2_SITES
@@ -226,7 +225,8 @@ class Block:
         else:
             self.sites = LLAMA_SITES
             self._fwd = lambda p, x, m, s: llama_block_forward(p, x, m, c.num_attention_heads, c.num_key_value_heads,
-                                                               c.head_dim, c.rms_norm_eps, c.rope_theta, s, act)
+                                                               c.head_dim, c.rms_norm_eps, c.rope_theta, s,
+                                                               activation=act)
             self._bwd = llama_block_backward
 
     @property

@@ -105,7 +105,8 @@ class Classifier:
         h, ln = layer_norm_forward(e, P[EMB[3]], P[EMB[4]], self.eps)
         caches = []
         for k in range(self.layers):
-            h, c = bert_block_forward(self.block(k), h, mask, self.heads, self.eps, self.sites.get(k), self.activation)
+            h, c = bert_block_forward(self.block(k), h, mask, self.heads, self.eps, self.sites.get(k),
+                                      activation=self.activation)
             caches.append(c)
         m = mask[..., None].astype(h.dtype)
         count = np.maximum(m.sum(axis=1), 1e-9)
