@@ -62,7 +62,7 @@ from weights_io.names import RefquantWeights, is_transposed_conv1d_weight, refqu
 
 from .models import FAMILIES
 from .models.base import load_tokenizer
-from .quant import QParams, dequantize
+from .quant import QParams, dequantize, per_output_row, row_block_rows
 from .quantized import QuantizedModel, QuantizedSite
 from .recipes import RECIPES, Recipe, SiteRule, recipe as named_recipe
 from .spec import QuantSpec
@@ -180,9 +180,7 @@ def _ct_weight_layout(spec: QuantSpec, shape, what: str) -> tuple[str, int | Non
     if g == "group" and spec.group_kind == "input" and (-1 if spec.axis is None else spec.axis) % 2 == 1:
         return "group", spec.group_size
     if g == "group" and spec.group_kind == "rows":
-        if shape[0] % spec.num_groups:
-            raise ConfigError(f"{what}: {spec.num_groups} row-block groups of a [{shape[0]}, {shape[1]}] weight "
-                              "do not each hold whole output rows; they cannot be stored as per-row scales")
+        row_block_rows(shape, spec, what)  # whole output rows, or refused: stored as per-row scales
         return "channel", None
     raise ConfigError(f"{what}: {spec.describe()} has no compressed-tensors weight layout "
                       "(tensor, channel along the output rows, groups along the input)")
@@ -210,7 +208,7 @@ def _to_file(param: np.ndarray, spec: QuantSpec, shape) -> np.ndarray:
     if spec.granularity == "channel":
         return param.reshape(-1, 1)
     if spec.group_kind == "rows":
-        return np.repeat(param, shape[0] // spec.num_groups).reshape(-1, 1)
+        return per_output_row(param, shape, spec).reshape(-1, 1)
     return param
 
 
@@ -221,7 +219,7 @@ def _from_file(arr: np.ndarray, spec: QuantSpec, shape, path: str, name: str) ->
     if spec.granularity == "channel":
         return arr.reshape(-1)
     if spec.group_kind == "rows":
-        block = shape[0] // spec.num_groups
+        block = row_block_rows(shape, spec, name)
         flat = arr.reshape(-1)
         blocks = flat[::block].copy()
         if not np.array_equal(np.repeat(blocks, block).view(np.uint8), flat.view(np.uint8)):
@@ -260,12 +258,12 @@ def _write_qparams(tensors: dict, module: str, base: str, qp: QParams, shape, st
 
 
 def _read_qparams(ckpt, module: str, base: str, spec: QuantSpec, shape, consumed: set) -> QParams:
+    path = getattr(ckpt, "source", str(ckpt))
     if base == "weight":
-        strategy, group_size = _ct_weight_layout(spec, shape, module)
+        strategy, group_size = _ct_weight_layout(spec, shape, f"{path}: {module}")
         fshape = qio.ct_scale_shape(strategy, shape, group_size)
     else:
         strategy, fshape = "tensor", (1,)
-    path = getattr(ckpt, "source", str(ckpt))
 
     def take(suffix, dtypes, what):
         name = f"{module}.{base}_{suffix}"

@@ -13,7 +13,9 @@ granularity           scale / zero_point shape
 tensor                ()
 channel(axis)         (x.shape[axis],)
 group, kind "input"   x.shape with x.shape[axis] replaced by ceil(D / group_size)
-group, kind "rows"    (num_groups,)   x.reshape(num_groups, -1) row by row
+group, kind "rows"    (num_groups,)   x.reshape(num_groups, -1) row by row (DeepSpeed's cut of
+                                      any tensor; a GEMM weight only in blocks of whole
+                                      output rows: row_block_rows)
 token                 x.shape[:-1]    one per row of the last dimension
 ====================  ==========================================================
 """
@@ -237,6 +239,41 @@ def expand(param: np.ndarray, x_shape: tuple, spec: QuantSpec, name: str = "x") 
     axis = _axis_of(spec, len(x_shape), name)
     full = np.repeat(param, spec.group_size, axis=axis)
     return np.take(full, np.arange(x_shape[axis]), axis=axis)
+
+
+def row_block_rows(shape: tuple, spec: QuantSpec, name: str = "weight") -> int:
+    """Output rows per group when a GEMM weight of ``shape`` [out, in] is quantized in ZeroQuant's
+    ``num_groups`` row-block groups (contract rule 7): out // num_groups.
+
+    DeepSpeed cuts the row-major weight as ``weight.reshape(num_groups, -1)``: blocks of whole
+    output rows exactly when num_groups divides out. Otherwise its groups cut output rows apart
+    (8 rows of 40 in 64 groups: 5-element pieces of rows), or torch refuses the reshape (out * in
+    not a multiple of num_groups). A GEMM's integer epilogue has one weight step per output row
+    (rule 9), so refquant quantizes a GEMM weight in row groups only where they are whole rows,
+    and refuses the rest here (ShapeError naming the weight, its rows and num_groups)."""
+    if len(shape) != 2:
+        raise ShapeError(f"{name}: row-block groups are defined for a 2-D [out, in] weight, got shape {list(shape)}")
+    rows, size, n = int(shape[0]), int(shape[0]) * int(shape[1]), spec.num_groups
+    if rows % n:
+        deepspeed = (f"would cut rows into {size // n}-element pieces" if size % n == 0
+                     else f"fails on its {size} elements")
+        raise ShapeError(f"{name}: {rows} output rows cannot be cut into num_groups={n} blocks of whole "
+                         f"rows (weight [{shape[0]}, {shape[1]}]; DeepSpeed's reshape({n}, -1) {deepspeed})")
+    return rows // n
+
+
+def per_output_row(param, shape: tuple, spec: QuantSpec, name: str = "weight") -> np.ndarray:
+    """A GEMM weight's parameter (scale, step, multiplier: natural shape) as one value per output
+    row [out], for per-tensor, per-output-channel and row-block-group specs."""
+    param = np.asarray(param)
+    rows = int(shape[0])
+    if spec.granularity == "tensor":
+        return np.full(rows, param.reshape(()), param.dtype)
+    if spec.granularity == "channel" and _axis_of(spec, len(shape), name) == 0:
+        return param
+    if spec.granularity == "group" and spec.group_kind == "rows":
+        return np.repeat(param, row_block_rows(shape, spec, name))
+    raise ShapeError(f"{name}: {spec.describe()} has no single parameter per output row")
 
 
 # ---------------------------------------------------------------------------------------
@@ -546,4 +583,5 @@ def fake_quant(x, qp: QParams, name: str = "x") -> np.ndarray:
 
 
 __all__ = ["QParams", "choose_qparams", "qparams_from_minmax", "qparams_from_amax", "quantize",
-           "dequantize", "fake_quant", "round_values", "param_shape", "expand", "check_finite"]
+           "dequantize", "fake_quant", "round_values", "param_shape", "expand", "check_finite",
+           "row_block_rows", "per_output_row"]

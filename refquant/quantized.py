@@ -25,7 +25,8 @@ import numpy as np
 from weights_io.errors import ConfigError, ShapeError
 
 from .nn import linear_forward
-from .quant import QParams, choose_qparams, dequantize, fake_quant, qparams_from_amax, quantize
+from .quant import (QParams, choose_qparams, dequantize, fake_quant, per_output_row, qparams_from_amax,
+                    quantize)
 from .recipes import Recipe, SiteRule, ffn_second_gemm, recipe as named_recipe
 
 F32 = np.float32
@@ -78,13 +79,8 @@ class QuantizedSite:
 
     def weight_scale_per_row(self) -> np.ndarray:
         """s_w per output row (for the int32 bias): channel scales, or each row's group scale."""
-        qp, out = self.weight_qp, self.weight_shape()[0]
-        g = qp.spec.granularity
-        if g == "tensor":
-            return np.full(out, qp.scale, F32)
-        if g == "channel":
-            return qp.scale.astype(F32)
-        return np.repeat(qp.scale, out // qp.spec.num_groups).astype(F32)  # row-block groups
+        qp = self.weight_qp
+        return per_output_row(qp.scale, self.weight_shape(), qp.spec, self.name + ".weight").astype(F32)
 
 
 class DequantizedRows:
@@ -227,12 +223,10 @@ class QuantizedModel:
         from .kernels.reference import dequant_step
         q = self.quantized_sites[site]
         step = dequant_step(q.weight_qp).astype(F32)
-        spec, N = q.rule.weight, q.weight_shape()[0]
-        if spec.granularity == "tensor":
-            return np.full(N, step.reshape(()), F32)
-        if spec.granularity == "group" and spec.group_kind == "rows":
-            return np.repeat(step, N // spec.num_groups).astype(F32)
-        return step  # channel [N], input groups [N, G]
+        spec = q.rule.weight
+        if spec.granularity == "group" and spec.group_kind == "input":
+            return step  # [N, G]
+        return per_output_row(step, q.weight_shape(), spec, site + ".weight").astype(F32)
 
     def _kernel_weight(self, site: str, backend: str):
         """The site's integer weight in the layout of ``backend``'s kernels, built once."""

@@ -21,6 +21,16 @@ configs. ``print(recipe(name))`` shows the whole mapping; ``recipe.plan(model)``
         every Linear input; the word embeddings int8 with one scale per row (DeepSpeed's
         BERT configs quantize word_embeddings token-wise; quantize_model leaves a decoder's
         embeddings float, as its GPT-2 configs do).
+        Row groups are whole output rows: num_groups must divide every quantized site's
+        output rows, and a site whose rows it does not divide (fewer rows than groups, e.g. a
+        grouped-query k_proj of 8 rows in 64 groups, or a row count that is no multiple) is
+        refused when the recipe is planned on the model (``plan``: quantize_model, lkd), by a
+        ShapeError naming the site, its rows, num_groups and a group count that fits every
+        site. Why: DeepSpeed cuts ``weight.reshape(num_groups, -1)``; there that fails (torch
+        refuses a size num_groups does not divide) or cuts rows into pieces, which no integer
+        GEMM with one weight step per output row computes. Shrinking the count per site
+        (min(num_groups, rows), a divisor) would be a quantization neither asked for nor
+        DeepSpeed's, so refquant does not guess; pass a num_groups that fits, or float_sites.
     zeroquant-w4a8, zeroquant-w4a16  the paper's W4/8: int4 FFN weights, int8 attention weights;
         per-token int8 activations, or float activations.
     w8a16-channel, w4a16-g128  weight-only round-to-nearest (compressed-tensors arithmetic):
@@ -36,12 +46,14 @@ all three papers and not offered yet.
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field, replace
 
-from weights_io.errors import ConfigError
+from weights_io.errors import ConfigError, ShapeError
 
 from .dialects import dialect
+from .quant import row_block_rows
 from .spec import QuantSpec
 
 ROLE_PATTERNS = (  # first match wins: "attention.output.dense" before "output.dense"
@@ -137,12 +149,30 @@ class Recipe:
         return None if role == "lm_head" else getattr(self, role)
 
     def plan(self, model) -> dict:
-        """{site: SiteRule or None} for every GEMM site of ``model``, in execution order."""
+        """{site: SiteRule or None} for every GEMM site of ``model``, in execution order. A site
+        whose weight the recipe cuts into row-block groups that are not whole output rows is
+        refused here (ShapeError naming the site, its rows and num_groups; contract rule 7)."""
         unknown = set(self.float_sites) - set(model.sites())
         if unknown:
             raise ConfigError(f"recipe {self.name}: float_sites names sites the model lacks: "
                               f"{', '.join(sorted(unknown))}")
-        return {site: self.rule(site) for site in model.sites()}
+        plan = {site: self.rule(site) for site in model.sites()}
+        self._check_row_groups(model, plan)
+        return plan
+
+    def _check_row_groups(self, model, plan: dict) -> None:
+        shapes = model.expected_shapes()
+        row_grouped = {site: (shapes[site + ".weight"], rule.weight) for site, rule in plan.items()
+                       if rule is not None and rule.weight is not None and rule.weight.granularity == "group"
+                       and rule.weight.group_kind == "rows"}
+        for site, (shape, spec) in row_grouped.items():
+            try:
+                row_block_rows(shape, spec, f"recipe {self.name}: site {site}")
+            except ShapeError as e:
+                rows = math.gcd(*(int(s[0]) for s, _ in row_grouped.values()))
+                fits = max(g for g in range(1, min(rows, spec.num_groups) + 1) if rows % g == 0)
+                raise ShapeError(f"{e}; num_groups={fits} divides every row-grouped site's rows "
+                                 f"(or leave {site} float: float_sites)") from None
 
     @property
     def needs_calibration(self) -> bool:
@@ -202,7 +232,8 @@ def _zeroquant(ffn_bits, activations, num_groups, bias):
     ffn = SiteRule(weights(ffn_bits), act, bias=bias)
     w = "W8" if ffn_bits == 8 else "W4/8 (int4 FFN, int8 attention)"
     a = "per-token dynamic int8 inputs" if activations else "float inputs"
-    return dict(summary=f"ZeroQuant {w}: {num_groups} row-block groups, {a}", attention=attention, ffn=ffn,
+    return dict(summary=f"ZeroQuant {w}: {num_groups} row-block groups of whole output rows (num_groups must "
+                        f"divide every site's rows), {a}", attention=attention, ffn=ffn,
                 head=attention, embeddings=dialect("deepspeed", granularity="channel", axis=0),
                 embedding_tables=("word",))
 

@@ -55,7 +55,9 @@ class QuantSpec:
                            GPTQ, ONNX blocked quantization.
                   "rows":  ZeroQuant/DeepSpeed: the row-major tensor is cut into ``num_groups``
                            equal contiguous pieces (``x.reshape(num_groups, -1)``), i.e. blocks of
-                           out/num_groups output rows of a [out, in] weight.
+                           out/num_groups output rows of a [out, in] weight. A GEMM weight takes
+                           them only as whole rows (num_groups divides out): a recipe refuses
+                           other sites (refquant.quant.row_block_rows, contract rule 7).
       partial_group  "input" groups when the axis length is not a multiple of group_size:
                   "refuse" (raise ShapeError) | "allow" (the last group is shorter: ONNX) |
                   "if_smaller" (allowed only when the whole axis is shorter than one group:

@@ -117,6 +117,19 @@ def test_activations(seed, c, bias, scale):
 
 
 @settings(**EXAMPLES)
+@given(seed=seeds, c=dims, bias=st.booleans(), scale=st.sampled_from([0.3, 3.0]))
+def test_every_config_activation_pair(seed, c, bias, scale):
+    """Each (forward, backward) of the table the models and the training blocks share."""
+    from refquant.nn.activations import ACTIVATIONS
+    rng = np.random.default_rng(seed)
+    for act in ACTIVATIONS.values():
+        a = {"x": rng.standard_normal((3, c)) * scale}
+        if bias:
+            a["bias"] = rng.standard_normal(c)
+        check(act.forward, act.backward, a, ["x", "bias" if bias else None], rng)
+
+
+@settings(**EXAMPLES)
 @given(seed=seeds, t=st.integers(1, 5), half=st.integers(1, 3))
 def test_rope(seed, t, half):
     rng = np.random.default_rng(seed)

@@ -23,9 +23,10 @@ def rnd(rng, *shape, scale=0.2):
     return (rng.standard_normal(shape) * scale).astype(F32)
 
 
-def llama_checkpoint(tmp_path, heads=6, kv_heads=2, tied=False, layers=2, seed=0):
+def llama_checkpoint(tmp_path, heads=6, kv_heads=2, tied=False, layers=2, seed=0, hidden=24, intermediate=40,
+                     head_dim=4):
     rng = np.random.default_rng(seed)
-    C, I, V, D = 24, 40, 50, 4
+    C, I, V, D = hidden, intermediate, 50, head_dim
     cfg = dict(model_type="llama", vocab_size=V, hidden_size=C, intermediate_size=I, num_hidden_layers=layers,
                num_attention_heads=heads, num_key_value_heads=kv_heads, rms_norm_eps=1e-6, rope_theta=10000.0,
                max_position_embeddings=64, tie_word_embeddings=tied, hidden_act="silu", head_dim=D)
@@ -46,11 +47,11 @@ def llama_checkpoint(tmp_path, heads=6, kv_heads=2, tied=False, layers=2, seed=0
     return write(tmp_path, cfg, t), t
 
 
-def gpt2_checkpoint(tmp_path, seed=0):
+def gpt2_checkpoint(tmp_path, seed=0, n_embd=15, n_head=3, activation="gelu_new"):
     rng = np.random.default_rng(seed)
-    C, V, L, H = 15, 40, 2, 3
+    C, V, L, H = n_embd, 40, 2, n_head
     cfg = dict(model_type="gpt2", vocab_size=V, n_positions=32, n_embd=C, n_layer=L, n_head=H,
-               activation_function="gelu_new", layer_norm_epsilon=1e-5)
+               activation_function=activation, layer_norm_epsilon=1e-5)
     t = {"wte.weight": rnd(rng, V, C, scale=1.0), "wpe.weight": rnd(rng, 32, C),
          "ln_f.weight": 1 + rnd(rng, C), "ln_f.bias": rnd(rng, C)}
     for i in range(L):  # Conv1D weights are stored [in, out]
@@ -66,11 +67,11 @@ def gpt2_checkpoint(tmp_path, seed=0):
     return write(tmp_path, cfg, t), t
 
 
-def bert_checkpoint(tmp_path, seed=0, pooler=True):
+def bert_checkpoint(tmp_path, seed=0, pooler=True, hidden=20, intermediate=36, heads=5, activation="gelu"):
     rng = np.random.default_rng(seed)
-    C, I, V, L, H = 20, 36, 60, 2, 5
+    C, I, V, L, H = hidden, intermediate, 60, 2, heads
     cfg = dict(model_type="bert", vocab_size=V, hidden_size=C, num_hidden_layers=L, num_attention_heads=H,
-               intermediate_size=I, hidden_act="gelu", max_position_embeddings=40, type_vocab_size=2,
+               intermediate_size=I, hidden_act=activation, max_position_embeddings=40, type_vocab_size=2,
                layer_norm_eps=1e-12)
     t = {"embeddings.word_embeddings.weight": rnd(rng, V, C, scale=1.0),
          "embeddings.position_embeddings.weight": rnd(rng, 40, C),

@@ -28,8 +28,10 @@ def data(seed=0, n=4):
     return out, labels
 
 
-def test_classifier_backward_matches_finite_differences(bert):
-    clf = qat.Classifier(bert, 3, seed=1, dtype=np.float64)
+@pytest.mark.parametrize("activation", ["gelu", "gelu_new"])
+def test_classifier_backward_matches_finite_differences(bert, activation, tmp_path):
+    model = bert if activation == "gelu" else rq.load(bert_checkpoint(tmp_path, activation=activation)[0])
+    clf = qat.Classifier(model, 3, seed=1, dtype=np.float64)
     (b,), (y,) = data(n=1)
     y = y % 3
     logits, cache = clf.forward(b)
@@ -77,3 +79,20 @@ def test_bad_steps_and_learning_rate(bert):
         qat.fit(clf, batches, labels, 0, progress=False)
     with pytest.raises(rq.ConfigError, match="learning rate"):
         qat.fit(clf, batches, labels, 2, lr=-1.0, progress=False)
+
+
+@pytest.mark.parametrize("activation", ["gelu", "gelu_new", "gelu_pytorch_tanh"])
+def test_the_classifier_computes_the_models_own_function(activation, tmp_path):
+    """Its encoder is the model's forward bit for bit, whatever hidden_act names; QAT trains
+    through the same activation (fake quantization aside)."""
+    from refquant.nn import linear_forward
+    from test_models_small import bert_checkpoint
+    m = rq.load(bert_checkpoint(tmp_path, activation=activation)[0])
+    ids = np.random.default_rng(0).integers(0, m.vocab_size, (2, 6))
+    batch = {"input_ids": ids, "attention_mask": np.array([[1] * 6, [1] * 4 + [0] * 2]),
+             "token_type_ids": np.zeros_like(ids)}
+    clf = qat.Classifier(m, 3)
+    want = linear_forward(m.sentence_embedding(batch), clf.params["head.weight"], clf.params["head.bias"])[0]
+    got = clf.forward(batch)[0]
+    assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
+    assert clf.activation is m.activation and qat.Classifier(m, 3, qat=True).activation is m.activation

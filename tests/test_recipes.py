@@ -6,6 +6,7 @@ import pytest
 
 import refquant as rq
 from refquant.nn import linear_forward
+from refquant.quantized import resolve_recipe
 from refquant.recipes import ffn_second_gemm, site_role
 from test_models_small import bert_checkpoint, gpt2_checkpoint, llama_checkpoint
 
@@ -194,6 +195,8 @@ def test_sensitivity_ranks_sites_and_builds_the_partial_recipe(model):
 
 def test_zeroquant_group_count_follows_deepspeeds_configs_per_family(tmp_path):
     llama = rq.load(llama_checkpoint(tmp_path)[0])
-    assert rq.quantize_model(llama, "zeroquant-w8a8").recipe.ffn.weight.num_groups == 64
+    assert resolve_recipe(llama, "zeroquant-w8a8").ffn.weight.num_groups == 64
+    with pytest.raises(rq.ShapeError, match="24 output rows cannot be cut into num_groups=64"):
+        rq.quantize_model(llama, "zeroquant-w8a8")   # whole row blocks only (tests/test_row_groups.py)
     assert rq.quantize_model(llama, "zeroquant-w8a8", num_groups=4).recipe.ffn.weight.num_groups == 4
     assert rq.recipe("zeroquant-w8a8").ffn.weight.num_groups == 48

@@ -5,22 +5,18 @@ import numpy as np
 
 from weights_io.errors import ConfigError, OutOfRangeError, ShapeError
 
-from ..nn import (attention_forward, embedding_forward, gelu_erf_forward, gelu_tanh_forward,
-                  layer_norm_forward, residual_layer_norm_forward, split_heads)
+from ..nn import attention_forward, embedding_forward, layer_norm_forward, residual_layer_norm_forward, split_heads
+from ..nn.activations import model_activation
 from .base import Model
 
 F32 = np.float32
-ACTIVATIONS = {"gelu": gelu_erf_forward, "gelu_new": gelu_tanh_forward,
-               "gelu_pytorch_tanh": gelu_tanh_forward}
 
 
 class Bert(Model):
     family = "bert"
 
     def __init__(self, config, weights, tokenizer=None, source="", stream=False):
-        if config.hidden_act not in ACTIVATIONS:
-            raise ConfigError(f"{source}: hidden_act {config.hidden_act!r} is not supported for BERT; "
-                              f"supported: {', '.join(ACTIVATIONS)}")
+        self.activation = model_activation(self.family, config, source)  # hidden_act (nn.activations)
         super().__init__(config, weights, tokenizer, source, stream)
 
     @property
@@ -95,8 +91,7 @@ class Bert(Model):
 
     def ffn(self, i, x):
         """(y, b) of the second FFN GEMM, b still to add; the first GEMM's bias is added in GELU."""
-        act = ACTIVATIONS[self.config.hidden_act]
-        h = act(*self.linear_and_bias(f"encoder.layer.{i}.intermediate.dense", x))[0]
+        h = self.activation.forward(*self.linear_and_bias(f"encoder.layer.{i}.intermediate.dense", x))[0]
         return self.linear_and_bias(f"encoder.layer.{i}.output.dense", h)  # [B, T, C] -> [B, T, C]
 
     def block(self, i, x, mask):

@@ -3,13 +3,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from weights_io.errors import ConfigError
-
-from ..nn import attention_forward, embedding_forward, gelu_erf_forward, gelu_tanh_forward, layer_norm_forward
+from ..nn import attention_forward, embedding_forward, layer_norm_forward
+from ..nn.activations import model_activation
 from .base import Model
 
 F32 = np.float32
-ACTIVATIONS = {"gelu_new": gelu_tanh_forward, "gelu_pytorch_tanh": gelu_tanh_forward, "gelu": gelu_erf_forward}
 
 
 class GPT2(Model):
@@ -17,9 +15,7 @@ class GPT2(Model):
     embedding_weight = "wte.weight"
 
     def __init__(self, config, weights, tokenizer=None, source="", stream=False):
-        if config.activation_function not in ACTIVATIONS:
-            raise ConfigError(f"{source}: activation_function {config.activation_function!r} is not "
-                              f"supported for GPT-2; supported: {', '.join(ACTIVATIONS)}")
+        self.activation = model_activation(self.family, config, source)  # activation_function
         super().__init__(config, weights, tokenizer, source, stream)
 
     @property
@@ -62,8 +58,7 @@ class GPT2(Model):
         return self.linear(f"h.{i}.attn.c_proj", ctx.transpose(0, 2, 1, 3).reshape(B, T, C))
 
     def mlp(self, i, x):
-        act = ACTIVATIONS[self.config.activation_function]
-        return self.linear(f"h.{i}.mlp.c_proj", act(self.linear(f"h.{i}.mlp.c_fc", x))[0])
+        return self.linear(f"h.{i}.mlp.c_proj", self.activation.forward(self.linear(f"h.{i}.mlp.c_fc", x))[0])
 
     def block(self, i, x, mask):
         x = x + self.attention(i, self.layer_norm(f"h.{i}.ln_1", x), mask)  # pre-LN

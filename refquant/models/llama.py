@@ -6,7 +6,8 @@ import numpy as np
 
 from weights_io.errors import ConfigError
 
-from ..nn import attention_forward, embedding_forward, rms_norm_forward, rope_forward, rope_tables, silu_forward
+from ..nn import attention_forward, embedding_forward, rms_norm_forward, rope_forward, rope_tables
+from ..nn.activations import model_activation
 from .base import Model
 
 F32 = np.float32
@@ -17,8 +18,7 @@ class Llama(Model):
     embedding_weight = "embed_tokens.weight"
 
     def __init__(self, config, weights, tokenizer=None, source="", stream=False):
-        if config.hidden_act != "silu":
-            raise ConfigError(f"{source}: hidden_act {config.hidden_act!r} is not supported for Llama (silu)")
+        self.activation = model_activation(self.family, config, source)  # hidden_act: the SwiGLU gate
         scaling = config.rope_scaling
         if scaling and scaling.get("rope_type", scaling.get("type")) not in (None, "default"):
             raise ConfigError(f"{source}: rope_scaling {scaling!r} is not supported (default RoPE only)")
@@ -76,7 +76,7 @@ class Llama(Model):
 
     def mlp(self, i, x):
         m = f"layers.{i}.mlp"
-        gate = silu_forward(self.linear(f"{m}.gate_proj", x))[0]
+        gate = self.activation.forward(self.linear(f"{m}.gate_proj", x))[0]
         return self.linear(f"{m}.down_proj", gate * self.linear(f"{m}.up_proj", x))  # SwiGLU
 
     def block(self, i, x, mask, cos, sin):

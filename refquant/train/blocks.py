@@ -4,18 +4,19 @@ training: layer-by-layer distillation (lkd) and quantization-aware training (qat
 ``params`` maps a block's own names ("attention.self.query.weight", ...: the model's names
 without the "encoder.layer.{i}." prefix) to float arrays. Every GEMM goes through a
 ``SiteLinear``: plain float, or fake-quantized weights and inputs with a straight-through
-backward (the student of LKD, the model under QAT). The forward equals the model's own block;
-the backward gives d(input) and a gradient per parameter; both are checked against finite
-differences in float64 (tests/test_blocks.py).
+backward (the student of LKD, the model under QAT). The FFN activation is an
+``refquant.nn.activations.Activation``: ``Block`` passes the model's own (``model.activation``,
+picked from its config by the same table the model's forward uses). The float forward equals
+the model's own block bit for bit; the backward gives d(input) and a gradient per parameter;
+both are checked, per activation, in tests/test_blocks.py (finite differences in float64).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from ..nn import (attention_forward, gelu_erf_forward, gelu_tanh_forward, layer_norm_forward, linear_forward,
-                  rms_norm_forward, rope_forward, rope_tables, silu_forward)
-from ..nn.backward import (attention_backward, gelu_erf_backward, gelu_tanh_backward, layer_norm_backward,
-                           linear_backward, rms_norm_backward, rope_backward, silu_backward)
+from ..nn import attention_forward, layer_norm_forward, linear_forward, rms_norm_forward, rope_forward, rope_tables
+from ..nn.activations import Activation
+from ..nn.backward import attention_backward, layer_norm_backward, linear_backward, rms_norm_backward, rope_backward
 from ..quant import choose_qparams, fake_quant
 from .ste import fake_quant_backward
 
@@ -99,9 +100,10 @@ def _merge(t):  # [B, n, T, D] -> [B, T, n*D]
     return t.transpose(0, 2, 1, 3).reshape(B, T, n * D)
 
 
-def bert_block_forward(params: dict, x, mask, heads: int, eps: float, sites=None):
-    """BERT's post-LN block: LN(x + attn(x)), then LN(h + ffn(h)) with ffn = dense(gelu(dense(h))).
-    ``sites`` {site: SiteLinear} (default: float everywhere). Returns (y, cache)."""
+def bert_block_forward(params: dict, x, mask, heads: int, eps: float, sites=None, *, activation: Activation):
+    """BERT's post-LN block: LN(x + attn(x)), then LN(h + ffn(h)) with ffn = dense(act(dense(h))).
+    ``sites`` {site: SiteLinear} (default: float everywhere); ``activation`` the model's (no
+    default: a block must not assume one). Returns (y, cache)."""
     sites, lin = sites or {}, {}
     linear, _ = _linears(params, sites, lin, {})
     B, T, C = x.shape
@@ -110,10 +112,10 @@ def bert_block_forward(params: dict, x, mask, heads: int, eps: float, sites=None
     a = linear("attention.output.dense", _merge(ctx))
     h, ln1 = layer_norm_forward(x + a, params["attention.output.LayerNorm.weight"],
                                 params["attention.output.LayerNorm.bias"], eps)
-    f, act = gelu_erf_forward(linear("intermediate.dense", h))
+    f, act = activation.forward(linear("intermediate.dense", h))
     y, ln2 = layer_norm_forward(h + linear("output.dense", f), params["output.LayerNorm.weight"],
                                 params["output.LayerNorm.bias"], eps)
-    return y, (lin, att, ln1, act, ln2, sites, (B, T, C, heads))
+    return y, (lin, att, ln1, (activation, act), ln2, sites, (B, T, C, heads))
 
 
 def bert_block_backward(dy, cache):
@@ -123,7 +125,8 @@ def bert_block_backward(dy, cache):
     _, linear_back = _linears(None, sites, lin, g)
     dsum2, g["output.LayerNorm.weight"], g["output.LayerNorm.bias"] = layer_norm_backward(dy, ln2)
     df = linear_back("output.dense", dsum2)
-    dh = dsum2 + linear_back("intermediate.dense", gelu_erf_backward(df, act)[0])
+    activation, act = act
+    dh = dsum2 + linear_back("intermediate.dense", activation.backward(df, act)[0])
     dsum1, g["attention.output.LayerNorm.weight"], g["attention.output.LayerNorm.bias"] = layer_norm_backward(dh, ln1)
     dq, dk, dv = attention_backward(_heads(linear_back("attention.output.dense", dsum1), B, T, heads, C // heads), att)
     dx = dsum1
@@ -132,7 +135,7 @@ def bert_block_backward(dy, cache):
     return dx, g
 
 
-def gpt2_block_forward(params: dict, x, mask, heads: int, eps: float, activation: str = "gelu_new", sites=None):
+def gpt2_block_forward(params: dict, x, mask, heads: int, eps: float, activation: Activation, sites=None):
     """GPT-2's pre-LN block: x + attn(LN1(x)) (causal), then + mlp(LN2(.)). Returns (y, cache)."""
     sites, lin = sites or {}, {}
     linear, _ = _linears(params, sites, lin, {})
@@ -142,8 +145,7 @@ def gpt2_block_forward(params: dict, x, mask, heads: int, eps: float, activation
     ctx, att = attention_forward(q, k, v, key_mask=mask, causal=True)
     x2 = x + linear("attn.c_proj", _merge(ctx))
     h2, ln2 = layer_norm_forward(x2, params["ln_2.weight"], params["ln_2.bias"], eps)
-    act_fwd = gelu_erf_forward if activation == "gelu" else gelu_tanh_forward
-    f, act = act_fwd(linear("mlp.c_fc", h2))
+    f, act = activation.forward(linear("mlp.c_fc", h2))
     y = x2 + linear("mlp.c_proj", f)
     return y, (lin, att, ln1, ln2, act, activation, sites)
 
@@ -152,8 +154,7 @@ def gpt2_block_backward(dy, cache):
     lin, att, ln1, ln2, act, activation, sites = cache
     g = {}
     _, linear_back = _linears(None, sites, lin, g)
-    act_back = gelu_erf_backward if activation == "gelu" else gelu_tanh_backward
-    dh2 = linear_back("mlp.c_fc", act_back(linear_back("mlp.c_proj", dy), act)[0])
+    dh2 = linear_back("mlp.c_fc", activation.backward(linear_back("mlp.c_proj", dy), act)[0])
     dx2n, g["ln_2.weight"], g["ln_2.bias"] = layer_norm_backward(dh2, ln2)
     dx2 = dy + dx2n
     dctx = linear_back("attn.c_proj", dx2)
@@ -165,9 +166,9 @@ def gpt2_block_backward(dy, cache):
 
 
 def llama_block_forward(params: dict, x, mask, heads: int, kv_heads: int, head_dim: int, eps: float,
-                        rope_theta: float, sites=None):
+                        rope_theta: float, sites=None, *, activation: Activation):
     """Llama's block: x + attn(RMSNorm(x)) with RoPE on q and k, causal, grouped-query; then
-    + down(silu(gate(.)) * up(.)) on RMSNorm. Returns (y, cache)."""
+    + down(act(gate(.)) * up(.)) on RMSNorm (act: silu). Returns (y, cache)."""
     sites, lin = sites or {}, {}
     linear, _ = _linears(params, sites, lin, {})
     B, T, _ = x.shape
@@ -179,10 +180,10 @@ def llama_block_forward(params: dict, x, mask, heads: int, kv_heads: int, head_d
     ctx, att = attention_forward(np.ascontiguousarray(q), np.ascontiguousarray(k), v, key_mask=mask, causal=True)
     x2 = x + linear("self_attn.o_proj", _merge(ctx))
     h2, n2 = rms_norm_forward(x2, params["post_attention_layernorm.weight"], eps)
-    s, sc = silu_forward(linear("mlp.gate_proj", h2))
+    s, sc = activation.forward(linear("mlp.gate_proj", h2))
     u = linear("mlp.up_proj", h2)
     y = x2 + linear("mlp.down_proj", s * u)
-    return y, (lin, att, r_q, r_k, n1, n2, s, sc, u, sites)
+    return y, (lin, att, r_q, r_k, n1, n2, s, (activation, sc), u, sites)
 
 
 def llama_block_backward(dy, cache):
@@ -190,7 +191,8 @@ def llama_block_backward(dy, cache):
     g = {}
     _, linear_back = _linears(None, sites, lin, g)
     dp = linear_back("mlp.down_proj", dy)
-    dh2 = linear_back("mlp.gate_proj", silu_backward(dp * u, sc)) + linear_back("mlp.up_proj", dp * s)
+    activation, sc = sc
+    dh2 = linear_back("mlp.gate_proj", activation.backward(dp * u, sc)[0]) + linear_back("mlp.up_proj", dp * s)
     dx2n, g["post_attention_layernorm.weight"] = rms_norm_backward(dh2, n2)
     dx2 = dy + dx2n
     dctx = linear_back("self_attn.o_proj", dx2)
@@ -205,23 +207,26 @@ def llama_block_backward(dy, cache):
 
 
 class Block:
-    """A family's block as (params, forward, backward, teacher) for training code."""
+    """A family's block as (params, forward, backward, teacher) for training code, with the
+    model's own activation (``model.activation``)."""
 
     def __init__(self, model):
         self.model, self.family, c = model, model.family, model.config
+        act = model.activation
         if self.family == "bert":
             self.sites = BERT_SITES
-            self._fwd = lambda p, x, m, s: bert_block_forward(p, x, m, c.num_attention_heads, c.layer_norm_eps, s)
+            self._fwd = lambda p, x, m, s: bert_block_forward(p, x, m, c.num_attention_heads, c.layer_norm_eps, s,
+                                                              activation=act)
             self._bwd = bert_block_backward
         elif self.family == "gpt2":
             self.sites = GPT2_SITES
-            self._fwd = lambda p, x, m, s: gpt2_block_forward(p, x, m, c.n_head, c.layer_norm_epsilon,
-                                                              c.activation_function, s)
+            self._fwd = lambda p, x, m, s: gpt2_block_forward(p, x, m, c.n_head, c.layer_norm_epsilon, act, s)
             self._bwd = gpt2_block_backward
         else:
             self.sites = LLAMA_SITES
             self._fwd = lambda p, x, m, s: llama_block_forward(p, x, m, c.num_attention_heads, c.num_key_value_heads,
-                                                               c.head_dim, c.rms_norm_eps, c.rope_theta, s)
+                                                               c.head_dim, c.rms_norm_eps, c.rope_theta, s,
+                                                               activation=act)
             self._bwd = llama_block_backward
 
     @property

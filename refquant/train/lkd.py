@@ -70,6 +70,7 @@ def lkd(model, recipe, data: list, steps: int = 64, lr: float = 1e-4, progress: 
         raise ConfigError(f"LKD: the learning rate must be a positive number, got {lr!r}")
     if not data or not any(np.any(np.asarray(b["attention_mask"])) for b in data):
         raise ConfigError("LKD: the data holds no tokens")
+    model.activation.differentiable("LKD")
     rec = resolve_recipe(model, recipe, **options)
     block = blocks.Block(model)
     masks = [np.asarray(b["attention_mask"]) for b in data]

@@ -64,6 +64,7 @@ class Classifier:
         if model.family != "bert":
             raise ConfigError(f"Classifier: a BERT-family encoder is needed, got {model.family}")
         self.model, cfg = model, model.config
+        self.activation = model.activation.differentiable("QAT" if qat else "fine-tuning")  # the model's own
         self.heads, self.eps, self.layers = cfg.num_attention_heads, cfg.layer_norm_eps, cfg.num_hidden_layers
         self.params = {n: np.array(model.w(n), dtype) for n in EMB}
         for k in range(self.layers):
@@ -104,7 +105,8 @@ class Classifier:
         h, ln = layer_norm_forward(e, P[EMB[3]], P[EMB[4]], self.eps)
         caches = []
         for k in range(self.layers):
-            h, c = bert_block_forward(self.block(k), h, mask, self.heads, self.eps, self.sites.get(k))
+            h, c = bert_block_forward(self.block(k), h, mask, self.heads, self.eps, self.sites.get(k),
+                                      activation=self.activation)
             caches.append(c)
         m = mask[..., None].astype(h.dtype)
         count = np.maximum(m.sum(axis=1), 1e-9)
