@@ -8,8 +8,9 @@ against that evaluator and against ONNX Runtime by tests/test_onnx_ops.py and
 validation/conformance/check_onnx.py.
 
 Shapes follow numpy.matmul (batch dimensions broadcast). Zero points and scales are per
-tensor (a scalar or one element), per row of ``a`` (2-D a [M, K]: [M]; N-D: [..., M, 1]) or per
-column of ``b`` (2-D b [K, N]: [N]; N-D: [..., 1, N]), as the schemas allow. Integer products
+tensor (a scalar or one element), per row of ``a`` ([M], or [..., M, 1] for an N-D a) or per
+column of ``b`` ([N], or [..., 1, N] for an N-D b), as the schemas allow (a 1-D [M] / [N] applies
+to every batch). Integer products
 are exact: operands minus zero points go through an int64 matmul, and K is bounded so that the
 int32 accumulator ONNX specifies cannot overflow (contract rule 8: refquant raises, never wraps).
 
@@ -42,19 +43,17 @@ def _operand(x, name: str) -> np.ndarray:
 
 def _per_slice(param, x: np.ndarray, side: str, name: str) -> np.ndarray:
     """``param`` (a zero point or scale) shaped to broadcast against ``x``: one element (per
-    tensor), per row of a ([M] for a 2-D a, else [..., M, 1]) or per column of b ([N] for a 2-D
-    b, else [..., 1, N])."""
+    tensor), per row of a ([M] or [..., M, 1]) or per column of b ([N] or [..., 1, N])."""
     p = np.asarray(param)
     if p.size == 1:
         return p.reshape(())
     if x.ndim >= 2:
         slice_shape = (x.shape[-2], 1) if side == "a" else (1, x.shape[-1])
-        if p.ndim == 1 and x.ndim == 2:
-            p = p.reshape(slice_shape) if p.size == max(slice_shape) else p
+        if p.ndim == 1 and p.size == max(slice_shape):  # [M] / [N]: the same for every batch
+            p = p.reshape((1,) * (x.ndim - 2) + slice_shape)
         if p.ndim == x.ndim and p.shape[-2:] == slice_shape and _broadcasts(p.shape[:-2], x.shape[:-2]):
             return p
-    what = ("per row of a: [M] for a 2-D a, [..., M, 1] otherwise" if side == "a"
-            else "per column of b: [N] for a 2-D b, [..., 1, N] otherwise")
+    what = "per row of a: [M] or [..., M, 1]" if side == "a" else "per column of b: [N] or [..., 1, N]"
     raise ShapeError(f"{name}: shape {p.shape} does not fit {side} of shape {x.shape}; expected one "
                      f"element (per tensor) or {what}")
 
@@ -103,10 +102,10 @@ def matmul_integer(a, b, a_zero_point=None, b_zero_point=None) -> np.ndarray:
 
     a, b            int8 or uint8 (each its own), numpy.matmul shapes; ml_dtypes arrays of
                     those values are refused (MatMulInteger has no 4-bit types).
-    a_zero_point    None (0), one element, or per row of A: [M] for a 2-D A [M, K], [..., M, 1]
-                    for an N-D A; the dtype of A.
-    b_zero_point    None (0), one element, or per column of B: [N] for a 2-D B [K, N],
-                    [..., 1, N] for an N-D B; the dtype of B.
+    a_zero_point    None (0), one element, or per row of A [..., M, K]: [M] or [..., M, 1];
+                    the dtype of A.
+    b_zero_point    None (0), one element, or per column of B [..., K, N]: [N] or [..., 1, N];
+                    the dtype of B.
     Returns int32. Raises OutOfRangeError when K * max|A - a_zp| * max|B - b_zp| could exceed
     2^31 - 1 (the schema lets the int32 accumulation wrap; refquant does not, rule 8).
 
