@@ -373,6 +373,10 @@ def test_integer_values_converts_at_the_boundary():
     assert same_bytes(weights_io.integer_values(np.array([-8, 7], ml_dtypes.int4), "v"), np.array([-8, 7], np.int8))
     assert same_bytes(weights_io.integer_values(np.array([0, 3], ml_dtypes.uint2), "v"), np.array([0, 3], np.uint8))
     assert same_bytes(weights_io.integer_values(np.array([-2, 1], ml_dtypes.int2), "v"), np.array([-2, 1], np.int8))
+    from refquant.kernels import reference
+    w4 = np.array([[1, -1, -8], [7, 0, 3]], np.int8)
+    assert same_bytes(reference.pack_w4(w4.astype(ml_dtypes.int4)), reference.pack_w4(w4))
+    assert rq.analysis.saturation_rate(w4.astype(ml_dtypes.int4), -8, 7) == rq.analysis.saturation_rate(w4, -8, 7)
     for bad in (np.array([1.0], ml_dtypes.bfloat16), np.array([True]), np.array([1.0], ml_dtypes.float4_e2m1fn)):
         with pytest.raises(rq.DTypeError, match=f"v: expected integers .*got dtype {bad.dtype}"):
             weights_io.integer_values(bad, "v")
