@@ -121,7 +121,7 @@ def test_onnx_dialect_per_axis_default_is_axis_1(data, signed):
     assert spec.axis == 1
     shape = (2, 3, 4)
     qmin, qmax = spec.qmin, spec.qmax
-    scale = np.array([2.0 ** data.draw(st.integers(-20, 4)) for _ in range(3)], F32)
+    scale = np.array([2.0 ** data.draw(st.integers(-140, 4)) for _ in range(3)], F32)  # subnormal too
     zp = np.array([data.draw(st.integers(qmin, qmax)) for _ in range(3)], spec.storage_dtype)
     x = _grid_values(data.draw, shape, scale.reshape(1, 3, 1), zp.astype(np.int64).reshape(1, 3, 1), qmin, qmax)
     expected = run_reference("QuantizeLinear", {"x": x, "s": scale, "z": zp}, zp.dtype, 21)  # no axis attribute
@@ -320,6 +320,38 @@ def test_qlinear_matmul_per_column_b(data):
     assert same_bytes(onnx_ops.qlinear_matmul(**feeds), run_reference("QLinearMatMul", feeds, out_type, 21))
     assert same_bytes(onnx_ops.qlinear_matmul(**feeds, arithmetic="onnxruntime"),
                       run_ort("QLinearMatMul", feeds, out_type, 21))
+
+
+@SETTINGS
+@given(feeds=qlinear_problems(pow2=True), data=st.data())
+def test_qlinear_matmul_subnormal_and_huge_scales(feeds, data):
+    """float32 scales at both ends: subnormal multipliers (every output becomes the zero point,
+    or a few steps from it) and huge operand scales against a huge y_scale."""
+    tiny = st.floats(1e-45, 1e-38).map(F32)
+    huge = st.floats(1e20, 1e30).map(F32)
+    kind = data.draw(st.sampled_from(["subnormal", "huge"]))
+    if kind == "subnormal":
+        feeds["a_scale"], feeds["b_scale"] = np.array([data.draw(tiny)]), np.array([data.draw(st.floats(0.5, 4).map(F32))])
+        feeds["y_scale"] = np.array([data.draw(st.floats(1e-6, 1.0).map(F32))])
+    else:
+        feeds["a_scale"], feeds["b_scale"] = np.array([data.draw(huge)]), np.array([data.draw(st.floats(0.01, 1).map(F32))])
+        feeds["y_scale"] = np.array([data.draw(huge)])
+    out_type = feeds["y_zero_point"].dtype
+    assert same_bytes(onnx_ops.qlinear_matmul(**feeds), run_reference("QLinearMatMul", feeds, out_type, 21))
+    assert same_bytes(onnx_ops.qlinear_matmul(**feeds, arithmetic="onnxruntime"),
+                      run_ort("QLinearMatMul", feeds, out_type, 21))
+
+
+@pytest.mark.parametrize("m,k,n", [(0, 3, 2), (2, 0, 3), (1, 1, 1)])
+def test_matmul_ops_on_empty_and_single_element_shapes(m, k, n):
+    a, b = np.full((m, k), 200, np.uint8), np.full((k, n), 3, np.uint8)
+    zps = {"a_zero_point": np.array(7, np.uint8), "b_zero_point": np.array(1, np.uint8)}
+    feeds = {"A": a, "B": b, **zps}
+    assert same_bytes(onnx_ops.matmul_integer(a, b, **zps), run_reference("MatMulInteger", feeds, np.int32, 10))
+    q = dict(a=a, a_scale=np.array([0.5], F32), a_zero_point=np.array([7], np.uint8), b=b,
+             b_scale=np.array([0.25], F32), b_zero_point=np.array([1], np.uint8), y_scale=np.array([1.0], F32),
+             y_zero_point=np.array([9], np.uint8))
+    assert same_bytes(onnx_ops.qlinear_matmul(**q), run_reference("QLinearMatMul", q, np.uint8, 21))
 
 
 def test_qlinear_matmul_refusals_are_one_line():
