@@ -10,9 +10,10 @@ validation/conformance/check_onnx.py.
 Shapes follow numpy.matmul (batch dimensions broadcast). Zero points and scales are per
 tensor (a scalar or one element), per row of ``a`` ([M], or [..., M, 1] for an N-D a) or per
 column of ``b`` ([N], or [..., 1, N] for an N-D b), as the schemas allow (a 1-D [M] / [N] applies
-to every batch). Integer products
-are exact: operands minus zero points go through an int64 matmul, and K is bounded so that the
-int32 accumulator ONNX specifies cannot overflow (contract rule 8: refquant raises, never wraps).
+to every batch). Integer products are exact: operands minus zero points go through an int64
+matmul, and K is bounded so that the int32 accumulator ONNX specifies cannot overflow (contract
+rule 8: refquant raises, never wraps). Operands and zero points must have the operator's types
+(int8 / uint8, a zero point of its operand's dtype); a float or float8 one is refused (rule 5).
 
 Where ONNX's reference evaluator and ONNX Runtime disagree (QLinearMatMul's rounding order and
 precision), refquant follows the reference evaluator by default and reproduces ONNX Runtime with
@@ -32,10 +33,17 @@ SCALE_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
 __all__ = ["matmul_integer", "qlinear_matmul", "QLINEAR_ARITHMETIC", "QUANT_DTYPES", "SCALE_DTYPES"]
 
 
+def _typed(x, dtypes, name: str, expected: str) -> np.ndarray:
+    """``x`` as an array of one of ``dtypes``; a float or float8 array gets rule 5's message."""
+    x = np.asarray(x)
+    if x.dtype not in dtypes:
+        integer_values(x, name)
+        raise DTypeError(f"{name}: expected {expected}, got dtype {x.dtype}")
+    return x
+
+
 def _operand(x, name: str) -> np.ndarray:
-    x = integer_values(x, name)
-    if x.dtype not in QUANT_DTYPES:
-        raise DTypeError(f"{name}: expected int8 or uint8, got dtype {x.dtype}")
+    x = _typed(x, QUANT_DTYPES, name, "int8 or uint8")
     if x.ndim == 0:
         raise ShapeError(f"{name}: a matrix product needs at least 1 dimension, got a scalar")
     return x
@@ -69,9 +77,7 @@ def _broadcasts(*shapes) -> bool:
 def _zero_point(zp, x: np.ndarray, side: str, name: str) -> np.ndarray:
     if zp is None:
         return np.zeros((), np.int64)
-    zp = integer_values(zp, name)
-    if zp.dtype != x.dtype:
-        raise DTypeError(f"{name}: expected dtype {x.dtype} (the dtype of {side}), got {zp.dtype}")
+    zp = _typed(zp, (x.dtype,), name, f"dtype {x.dtype} (the dtype of {side})")
     return _per_slice(zp, x, side, name).astype(np.int64)
 
 
@@ -100,8 +106,8 @@ def _exact_product(a, b, a_zp, b_zp, what: str) -> np.ndarray:
 def matmul_integer(a, b, a_zero_point=None, b_zero_point=None) -> np.ndarray:
     """ONNX MatMulInteger: ``Y = (A - a_zero_point) @ (B - b_zero_point)`` in int32, exactly.
 
-    a, b            int8 or uint8 (each its own), numpy.matmul shapes; ml_dtypes arrays of
-                    those values are refused (MatMulInteger has no 4-bit types).
+    a, b            int8 or uint8 (each its own), numpy.matmul shapes (MatMulInteger has no
+                    4-bit types: ml_dtypes int4 arrays are refused like any other dtype).
     a_zero_point    None (0), one element, or per row of A [..., M, K]: [M] or [..., M, 1];
                     the dtype of A.
     b_zero_point    None (0), one element, or per column of B [..., K, N]: [N] or [..., 1, N];
@@ -176,9 +182,7 @@ def qlinear_matmul(a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, 
     b = _operand(b, "QLinearMatMul b")
     a_zp = _zero_point(a_zero_point, a, "a", "QLinearMatMul a_zero_point")
     b_zp = _zero_point(b_zero_point, b, "b", "QLinearMatMul b_zero_point")
-    y_zp = integer_values(y_zero_point, "QLinearMatMul y_zero_point")
-    if y_zp.dtype not in QUANT_DTYPES:
-        raise DTypeError(f"QLinearMatMul y_zero_point: expected int8 or uint8, got dtype {y_zp.dtype}")
+    y_zp = _typed(y_zero_point, QUANT_DTYPES, "QLinearMatMul y_zero_point", "int8 or uint8")
     if y_zp.size != 1:
         raise ShapeError(f"QLinearMatMul y_zero_point: expected one element (the output is quantized "
                          f"per tensor), got shape {y_zp.shape}")
