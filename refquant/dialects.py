@@ -39,7 +39,9 @@ def _onnx() -> dict:
     quantization allows a partial last block (_quant_utils.reshape_input).
 
     Per-axis (granularity="channel") quantization defaults to axis 1, as QuantizeLinear's
-    ``axis`` attribute does (refquant's own default is 0); pass axis=... to choose. Blocked
+    ``axis`` attribute does (refquant's own default is 0); pass axis=... to choose. rq.dialect()
+    writes the 1 into the spec, so a spec switched to "channel" later with .replace() keeps
+    axis None, refquant's 0: pass the axis there. Blocked
     quantization (granularity="group") keeps refquant's default axis -1, the input dimension,
     which is ONNX's axis 1 for a 2-D [out, in] weight; for other shapes pass the axis.
 
