@@ -18,11 +18,11 @@ from .models import load
 from .recipes import RECIPES, Recipe, SiteRule, recipe
 from .quantized import QuantizedModel, quantize_model
 from .checkpoint import load_quantized
-from . import analysis, calib, kernels   # documented as rq.calib.*, rq.kernels.* (cuda stays lazy)
+from . import analysis, calib, kernels, onnx_ops   # documented as rq.calib.*, rq.kernels.* (cuda stays lazy)
 
 __version__ = "0.1.0"
 
-__all__ = ["load", "analysis", "calib", "kernels", "models", "TrainingError", "quantize_model", "QuantizedModel", "load_quantized", "recipe", "RECIPES", "Recipe", "SiteRule", "QuantSpec", "QParams", "dialect", "dialect_doc", "DIALECTS", "choose_qparams",
+__all__ = ["load", "analysis", "calib", "kernels", "models", "onnx_ops", "TrainingError", "quantize_model", "QuantizedModel", "load_quantized", "recipe", "RECIPES", "Recipe", "SiteRule", "QuantSpec", "QParams", "dialect", "dialect_doc", "DIALECTS", "choose_qparams",
            "qparams_from_minmax", "qparams_from_amax", "quantize", "dequantize", "fake_quant",
            "RefquantError", "WeightsFormatError", "ConfigError", "ShapeError", "DTypeError",
            "NonFiniteError", "MissingTensorError", "OutOfRangeError", "__version__"]

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from weights_io.errors import ConfigError, DTypeError, NonFiniteError, OutOfRangeError, ShapeError
+from weights_io.int4 import integer_values
 
 F32 = np.float32
 
@@ -237,9 +238,7 @@ def saturation_rate(q, qmin: int, qmax: int) -> float:
     must be integers (ConfigError).
     """
     fn = "saturation_rate"
-    codes = np.asarray(q)
-    if codes.dtype.kind not in "iu":
-        raise DTypeError(f"{fn}: q must hold integer codes, got dtype {codes.dtype}")
+    codes = integer_values(q, f"{fn}: q")
     if codes.size == 0:
         raise ShapeError(f"{fn}: q is empty")
     if int(qmin) != qmin or int(qmax) != qmax or not int(qmin) < int(qmax):

@@ -22,6 +22,7 @@ from weights_io.errors import ConfigError
 from .spec import FLOAT32_EPS, QuantSpec
 
 ONNX_ZERO_RANGE_SCALE = float(np.float32(1) / np.float32(255))  # DynamicQuantizeLinear, all-zero input
+ONNX_DEFAULT_AXIS = 1  # QuantizeLinear / DequantizeLinear attribute 'axis' (onnx/defs/quantization/defs.cc)
 
 
 def _onnx() -> dict:
@@ -36,6 +37,15 @@ def _onnx() -> dict:
     ties to even), then + zero_point as an integer, then clip to the full type range (no narrow
     range in ONNX); dequantize is (x - zero_point) * scale (op_dequantize_linear.py). Blocked
     quantization allows a partial last block (_quant_utils.reshape_input).
+
+    Per-axis (granularity="channel") quantization defaults to axis 1, as QuantizeLinear's
+    ``axis`` attribute does (refquant's own default is 0); pass axis=... to choose. rq.dialect()
+    writes the 1 into the spec, so a spec switched to "channel" later with .replace() keeps
+    axis None, refquant's 0: pass the axis there. Blocked
+    quantization (granularity="group") keeps refquant's default axis -1, the input dimension,
+    which is ONNX's axis 1 for a 2-D [out, in] weight; for other shapes pass the axis.
+
+    Integer matrix products (MatMulInteger, QLinearMatMul) are refquant.onnx_ops.
 
     Overrides: signed=True gives int8 with the zero point on [-128, 127]; symmetric=True has no
     ONNX op and uses onnxruntime's quantization-tool convention amax / 127.5 (half range).
@@ -239,6 +249,8 @@ def dialect(name: str, stack_artifacts: bool = False, op: str | None = None, **o
             raise ConfigError("dialect 'torch', op 'quantize_per_channel': its NaN/Inf behaviour "
                               "(NaN -> 0 for qint8 in torch 2.13) is not reproduced")
     fields.update(overrides)
+    if key == "onnx" and fields.get("granularity") == "channel" and "axis" not in overrides:
+        fields["axis"] = ONNX_DEFAULT_AXIS
     fields.setdefault("dialect", key)
     if stack_artifacts:
         fields.setdefault("nonfinite", artifact_mode)

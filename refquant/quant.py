@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from weights_io.errors import ConfigError, DTypeError, NonFiniteError, OutOfRangeError, ShapeError
+from weights_io.int4 import integer_values
 from .spec import QuantSpec
 
 F32 = np.float32
@@ -39,7 +40,9 @@ class QParams:
     """Quantization parameters of one tensor: ``x ~= scale * (q - zero_point)``.
 
     scale       float32 array, the step size (natural shape, see the module docstring).
-    zero_point  int32 array of the same shape.
+    zero_point  int32 array of the same shape, given as integers (NumPy, or ml_dtypes int4 /
+                uint4 / int2 / uint2 as onnx.numpy_helper returns them); a float or float8 zero
+                point raises DTypeError (contract rule 5).
     spec        the QuantSpec they were made for.
     multiplier  float32 array, only for ``mapping="multiplier"``: the d/amax factor that
                 NVIDIA and Q8BERT multiply by (and divide by to dequantize). When QParams are
@@ -67,12 +70,7 @@ class QParams:
             bad = int(np.flatnonzero(~(np.isfinite(scale) & (scale > 0)))[0])
             raise ConfigError(f"QParams.scale: every scale must be finite and > 0; element {bad} "
                               f"is {scale.reshape(-1)[bad]!r}")
-        zp = np.asarray(self.zero_point)
-        if zp.dtype.kind not in "iu":
-            if zp.dtype.kind == "f" and np.all(zp == np.rint(zp)):
-                zp = zp.astype(np.int64)
-            else:
-                raise DTypeError(f"QParams.zero_point: expected integers, got dtype {zp.dtype}")
+        zp = integer_values(self.zero_point, "QParams.zero_point")  # rule 5: never a float
         zp = np.broadcast_to(zp, scale.shape).astype(np.int32)
         spec = self.spec
         if spec.symmetric and zp.size and np.any(zp != _symmetric_zero_point(spec)):
@@ -551,13 +549,12 @@ def _dequantize_values(qf: np.ndarray, qp: QParams, shape, name: str) -> np.ndar
 
 
 def dequantize(q, qp: QParams, name: str = "q") -> np.ndarray:
-    """float32 values of integer ``q``: (q - zero_point) * scale, or q / multiplier (NVIDIA,
+    """float32 values of integer ``q`` (NumPy integers, or ml_dtypes int4 / int2 arrays):
+    (q - zero_point) * scale, or q / multiplier (NVIDIA,
     Q8BERT), or q * scale + (-zp) * scale (DeepSpeed's float zero point)."""
     if not isinstance(qp, QParams):
         raise ConfigError(f"{name}: expected QParams, got {type(qp).__name__}")
-    q = np.asarray(q)
-    if q.dtype.kind not in "iu":
-        raise DTypeError(f"{name}: expected an integer array, got dtype {q.dtype}")
+    q = integer_values(q, name)
     if q.size and (q.min() < qp.spec.qmin or q.max() > qp.spec.qmax):
         raise OutOfRangeError(f"{name}: values must lie in [{qp.spec.qmin}, {qp.spec.qmax}], got "
                           f"[{q.min()}, {q.max()}]")

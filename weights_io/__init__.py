@@ -2,7 +2,7 @@
 
 - :mod:`weights_io.safetensors_io`: lazy, validated safetensors reading; atomic
   writing; checkpoint directories (sharded or not); refusal of pickles.
-- :mod:`weights_io.int4`: packed int4 layouts of ONNX, PyTorch (decomposed)
+- :mod:`weights_io.int4`: packed int4 (and ONNX int2) layouts of ONNX, PyTorch (decomposed)
   and compressed-tensors.
 - :mod:`weights_io.hf_config`: HF ``config.json`` -> typed configs.
 - :mod:`weights_io.names`: HF tensor names <-> refquant names; float32 weights.
@@ -22,10 +22,13 @@ from weights_io.errors import (
 from weights_io.hf_config import BertConfig, GPT2Config, LlamaConfig, load_config
 from weights_io.int4 import (
     compressed_tensors_packed_shape,
+    integer_values,
     pack_compressed_tensors,
+    pack_int2_onnx,
     pack_int4_onnx,
     pack_int4_torch_decomposed,
     unpack_compressed_tensors,
+    unpack_int2_onnx,
     unpack_int4_onnx,
     unpack_int4_torch_decomposed,
 )
@@ -55,7 +58,7 @@ __all__ = [
     "SafetensorsFile", "Checkpoint", "open_checkpoint", "write_safetensors", "atomic_write", "refuse_pickle",
     "bf16_bits_to_float32", "float32_to_bf16_bits",
     "load_config", "BertConfig", "GPT2Config", "LlamaConfig",
-    "pack_int4_onnx", "unpack_int4_onnx",
+    "pack_int4_onnx", "unpack_int4_onnx", "pack_int2_onnx", "unpack_int2_onnx", "integer_values",
     "pack_int4_torch_decomposed", "unpack_int4_torch_decomposed",
     "pack_compressed_tensors", "unpack_compressed_tensors", "compressed_tensors_packed_shape",
     "hf_to_refquant", "refquant_to_hf", "required_refquant_names", "load_weights", "RefquantWeights",

@@ -7,9 +7,13 @@ on where the first element goes, so each layout has its own pair of functions:
 | layout | container | element order | value stored |
 |---|---|---|---|
 | ONNX (``onnx/onnx.in.proto``, INT4/UINT4) | uint8, whole tensor flattened | first element in the LOW nibble | two's-complement nibble (int4) or the value (uint4) |
+| ONNX (INT2/UINT2, ``onnx.numpy_helper._pack_2bitx4``) | uint8, whole tensor flattened | four per byte, first element in the LOWEST 2 bits | two's-complement pair of bits (int2) or the value (uint2) |
 | PyTorch decomposed (``torch/ao/quantization/fx/_decomposed.py``, ``pack_int4_from_int8``) | uint8, along the last dim | first element in the HIGH nibble | the value, which must already be in [0, 15] (no offset) |
 | compressed-tensors pack-quantized (``compressors/pack_quantized/helpers.py``, ``pack_to_int32``) | int32 words, along the last dim | element i at bits b*i.. of a little-endian bit stream (LSB first) | offset binary ``q + 2^(b-1)`` |
 
+Every function takes NumPy integer arrays, or the ml_dtypes int4 / uint4 / int2 / uint2
+arrays that ``onnx.numpy_helper.to_array`` returns (converted to int8 / uint8 by
+:func:`integer_values`, the one place that knows those dtypes; ml_dtypes is never imported).
 Every function refuses a float array (DTypeError) and a value its layout
 cannot hold (OutOfRangeError, naming the value and its index); unpacking
 checks the packed array's shape against the original one (ShapeError).
@@ -25,8 +29,11 @@ import numpy as np
 from weights_io.errors import ConfigError, DTypeError, OutOfRangeError, ShapeError
 
 __all__ = [
+    "integer_values",
     "pack_int4_onnx",
     "unpack_int4_onnx",
+    "pack_int2_onnx",
+    "unpack_int2_onnx",
     "pack_int4_torch_decomposed",
     "unpack_int4_torch_decomposed",
     "pack_compressed_tensors",
@@ -35,11 +42,28 @@ __all__ = [
 ]
 
 
-def _integer_array(values, function: str) -> np.ndarray:
+# ml_dtypes' sub-byte integer dtypes (kind "V", one value per byte) -> the NumPy dtype holding them
+_SUBBYTE_INTEGERS = {"int2": np.int8, "int4": np.int8, "uint2": np.uint8, "uint4": np.uint8}
+
+
+def integer_values(values, name: str) -> np.ndarray:
+    """``values`` as a NumPy integer array: NumPy integers pass unchanged; ml_dtypes int4 / int2
+    arrays (what ``onnx.numpy_helper.to_array`` returns for INT4 / INT2 tensors) become int8 and
+    uint4 / uint2 become uint8, value for value. Anything else (float, float8, bool) raises
+    DTypeError naming ``name``: codes and zero points are integers (numeric contract rule 5)."""
     array = np.asarray(values)
-    if array.dtype.kind not in "iu":
-        raise DTypeError(f"{function}: expects an integer array (int8 or uint8 values), got dtype {array.dtype}")
-    return array
+    if array.dtype.kind in "iu":
+        return array
+    wide = _SUBBYTE_INTEGERS.get(array.dtype.name) if array.dtype.kind == "V" else None
+    if wide is not None:
+        return array.astype(wide)
+    raise DTypeError(f"{name}: expected integers (a NumPy integer dtype, or ml_dtypes int4/uint4/int2/uint2), "
+                     f"got dtype {array.dtype}; float and float8 values are not integer codes or zero points "
+                     "(numeric contract rule 5)")
+
+
+def _integer_array(values, function: str) -> np.ndarray:
+    return integer_values(values, function)
 
 
 def _check_range(array: np.ndarray, low: int, high: int, function: str, what: str) -> None:
@@ -70,6 +94,39 @@ def _as_shape(shape_or_count) -> tuple[int, ...]:
 # ONNX
 
 
+def _pack_onnx(values, bits: int, signed: bool | None, function: str) -> np.ndarray:
+    """ONNX's sub-byte packing: 8 // bits values per byte, flattened row-major, first element
+    in the least significant bits; the unused high bits of the last byte are 0."""
+    array = _integer_array(values, function)
+    if signed is None:
+        signed = array.dtype.kind == "i"
+    half = 1 << (bits - 1)
+    low, high = (-half, half - 1) if signed else (0, 2 * half - 1)
+    _check_range(array, low, high, function, f"{'' if signed else 'u'}int{bits}")
+    per_byte = 8 // bits
+    fields = (array.reshape(-1).astype(np.int64) & ((1 << bits) - 1)).astype(np.uint8)  # two's complement
+    fields = np.append(fields, np.zeros(-fields.size % per_byte, np.uint8)).reshape(-1, per_byte)
+    shifts = (np.arange(per_byte) * bits).astype(np.uint8)
+    return np.bitwise_or.reduce(fields << shifts, axis=1).astype(np.uint8)
+
+
+def _unpack_onnx(packed, n, bits: int, signed: bool, function: str) -> np.ndarray:
+    packed = _require_uint8(packed, function)
+    shape = _as_shape(n)
+    count = math.prod(shape)
+    per_byte = 8 // bits
+    if packed.size != -(-count // per_byte):
+        raise ShapeError(
+            f"{function}: {count} int{bits} values need {-(-count // per_byte)} bytes, got {packed.size}"
+        )
+    shifts = (np.arange(per_byte) * bits).astype(np.uint8)
+    fields = ((packed.reshape(-1, 1) >> shifts) & np.uint8((1 << bits) - 1)).reshape(-1)[:count]
+    if signed:
+        half = 1 << (bits - 1)
+        return np.where(fields >= half, fields.astype(np.int16) - 2 * half, fields).astype(np.int8).reshape(shape)
+    return fields.reshape(shape)
+
+
 def pack_int4_onnx(values, signed: bool | None = None) -> np.ndarray:
     """Pack int4/uint4 values two per byte, first element in the low nibble (ONNX).
 
@@ -81,15 +138,7 @@ def pack_int4_onnx(values, signed: bool | None = None) -> np.ndarray:
     range: signed [-8, 7] stored as two's-complement nibbles, unsigned [0, 15].
     Returns a 1-D uint8 array of ``ceil(values.size / 2)`` bytes.
     """
-    array = _integer_array(values, "pack_int4_onnx")
-    if signed is None:
-        signed = array.dtype.kind == "i"
-    low, high = (-8, 7) if signed else (0, 15)
-    _check_range(array, low, high, "pack_int4_onnx", "int4" if signed else "uint4")
-    nibbles = (array.reshape(-1).astype(np.int64) & 0xF).astype(np.uint8)  # two's complement for negatives
-    if nibbles.size % 2:
-        nibbles = np.append(nibbles, np.uint8(0))
-    return (nibbles[0::2] | (nibbles[1::2] << np.uint8(4))).astype(np.uint8)
+    return _pack_onnx(values, 4, signed, "pack_int4_onnx")
 
 
 def unpack_int4_onnx(packed, n, signed: bool = True) -> np.ndarray:
@@ -100,21 +149,26 @@ def unpack_int4_onnx(packed, n, signed: bool = True) -> np.ndarray:
     sign-extends each nibble into int8 [-8, 7]; ``signed=False`` returns uint8
     [0, 15]. ``packed`` must be uint8 with exactly ``ceil(count / 2)`` bytes.
     """
-    packed = _require_uint8(packed, "unpack_int4_onnx")
-    shape = _as_shape(n)
-    count = math.prod(shape)
-    if packed.size != (count + 1) // 2:
-        raise ShapeError(
-            f"unpack_int4_onnx: {count} int4 values need {(count + 1) // 2} bytes, got {packed.size}"
-        )
-    flat = packed.reshape(-1)
-    nibbles = np.empty(2 * flat.size, dtype=np.uint8)
-    nibbles[0::2] = flat & np.uint8(0x0F)
-    nibbles[1::2] = flat >> np.uint8(4)
-    nibbles = nibbles[:count]
-    if signed:
-        return np.where(nibbles >= 8, nibbles.astype(np.int16) - 16, nibbles).astype(np.int8).reshape(shape)
-    return nibbles.reshape(shape)
+    return _unpack_onnx(packed, n, 4, signed, "unpack_int4_onnx")
+
+
+def pack_int2_onnx(values, signed: bool | None = None) -> np.ndarray:
+    """Pack int2/uint2 values four per byte, first element in the lowest two bits (ONNX).
+
+    Spec (onnx.in.proto, INT2/UINT2; ``onnx.numpy_helper._pack_2bitx4``): the tensor is
+    flattened row-major and element i goes to bits ``2 * (i % 4)`` and ``2 * (i % 4) + 1`` of
+    byte ``i // 4``; a count not divisible by 4 leaves the last byte's high bits 0.
+    ``signed`` (default: from the dtype) picks the range: signed [-2, 1] as two's-complement
+    pairs of bits (-1 -> 0b11), unsigned [0, 3]. Returns ``ceil(values.size / 4)`` uint8 bytes.
+    """
+    return _pack_onnx(values, 2, signed, "pack_int2_onnx")
+
+
+def unpack_int2_onnx(packed, n, signed: bool = True) -> np.ndarray:
+    """Inverse of :func:`pack_int2_onnx`: lowest bits first, ``n`` elements (a count or the
+    original shape). ``signed=True`` sign-extends into int8 [-2, 1]; ``signed=False`` returns
+    uint8 [0, 3]. ``packed`` must be uint8 with exactly ``ceil(count / 4)`` bytes."""
+    return _unpack_onnx(packed, n, 2, signed, "unpack_int2_onnx")
 
 
 # --------------------------------------------------------------------------

@@ -58,6 +58,7 @@ from __future__ import annotations
 import numpy as np
 
 from weights_io.errors import ConfigError, DTypeError, OutOfRangeError, ShapeError
+from weights_io.int4 import integer_values
 from ..nn.fast_erf import gelu_erf_float32
 from ..nn.fused import layer_norm_rows
 from ..quant import QParams, check_finite, choose_qparams
@@ -219,9 +220,9 @@ def _bias_overflow_message(total, what):
 def pack_w4(w) -> np.ndarray:
     """int4 values (int8 array [N, K] in -8..7) -> uint8 [N, ceil(K/2)]: byte j of row n is
     ``(w[n, 2j] & 0xF) | (w[n, 2j+1] & 0xF) << 4`` (low nibble = even k; odd K pads 0)."""
-    if not isinstance(w, np.ndarray) or w.dtype.kind not in "iu":
-        raise DTypeError(f"pack_w4: expected an integer array of int4 values, got "
-                         f"{getattr(w, 'dtype', type(w).__name__)}")
+    if not isinstance(w, np.ndarray):
+        raise DTypeError(f"pack_w4: expected an integer array of int4 values, got {type(w).__name__}")
+    w = integer_values(w, "pack_w4")  # ml_dtypes int4 arrays as their int8 values
     if w.ndim != 2:
         raise ShapeError(f"pack_w4: expected [N, K], got shape {w.shape}")
     wide = w.astype(np.int64)
