@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from weights_io.errors import ConfigError, DTypeError, NonFiniteError, OutOfRangeError, ShapeError
+from .floats import canonical_nan
 from .spec import QuantSpec
 
 F32 = np.float32
@@ -501,16 +502,18 @@ def quantize(x, qp: QParams, name: str = "x") -> np.ndarray:
 
 
 def _dequantize_values(qf: np.ndarray, qp: QParams, shape, name: str) -> np.ndarray:
+    """float32 values of the grid positions qf; a NaN (which stack_artifacts specs let through
+    fake_quant) leaves as the canonical NaN (rule 12)."""
     spec = qp.spec
     scale = expand(qp.scale, shape, spec, name)
     zp = expand(qp.zero_point, shape, spec, name)
     if spec.zero_point_add == "float_offset":
-        return (qf * scale + expand(qp.offset, shape, spec, name)).astype(F32)
+        return canonical_nan((qf * scale + expand(qp.offset, shape, spec, name)).astype(F32))
     if spec.mapping == "multiplier":
         mult = expand(qp.multiplier, shape, spec, name)
         mult = np.where(mult == 0, F32(1), mult)  # a zero multiplier (ModelOpt, amax ~ 0) divides by 1
-        return ((qf - zp.astype(F32)) / mult if _has_zero_point(spec) else qf / mult).astype(F32)
-    return ((qf - zp.astype(F32)) * scale).astype(F32)
+        return canonical_nan(((qf - zp.astype(F32)) / mult if _has_zero_point(spec) else qf / mult).astype(F32))
+    return canonical_nan(((qf - zp.astype(F32)) * scale).astype(F32))
 
 
 def dequantize(q, qp: QParams, name: str = "q") -> np.ndarray:
@@ -546,4 +549,5 @@ def fake_quant(x, qp: QParams, name: str = "x") -> np.ndarray:
 
 
 __all__ = ["QParams", "choose_qparams", "qparams_from_minmax", "qparams_from_amax", "quantize",
-           "dequantize", "fake_quant", "round_values", "param_shape", "expand", "check_finite"]
+           "dequantize", "fake_quant", "round_values", "param_shape", "expand", "check_finite",
+           "canonical_nan"]

@@ -5,6 +5,7 @@ import numpy as np
 
 from weights_io.errors import ConfigError
 
+from ..floats import canonical_nan
 from ..nn import attention_forward, embedding_forward, gelu_erf_forward, gelu_tanh_forward, layer_norm_forward
 from .base import Model
 
@@ -70,10 +71,11 @@ class GPT2(Model):
         return x + self.mlp(i, self.layer_norm(f"h.{i}.ln_2", x))
 
     def forward(self, input_ids, attention_mask=None):
-        """Logits [B, T, V] (float32). Positions are 0..T-1 (right padding)."""
+        """Logits [B, T, V] (float32; NaN canonical, contract rule 12). Positions are 0..T-1
+        (right padding)."""
         ids, mask = self.check_inputs(input_ids, attention_mask)
         T = ids.shape[1]
         x = embedding_forward(ids, self.w("wte.weight"))[0] + self.w("wpe.weight")[:T]
         for i in range(self.config.n_layer):
             x = self.block(i, x, mask)
-        return self.linear("lm_head", self.layer_norm("ln_f", x))
+        return canonical_nan(self.linear("lm_head", self.layer_norm("ln_f", x)))
