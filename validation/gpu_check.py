@@ -316,7 +316,8 @@ def benchmark(kc, reps: int, shapes=None):
 
 def ptx_report(kc) -> int:
     """The instructions that carry the numeric contract, counted in each kernel's PTX (NVVM, no
-    GPU needed): dp4a, explicitly rounded float ops, and any the contract forbids."""
+    GPU needed): dp4a, explicitly rounded float ops, and any the contract forbids; the NaN
+    immediates (rule 12: only the canonical 0f7FC00000)."""
     watch = ("dp4a", "fma", "mad.", "mul.", "add.", "sub.", "div.", "rcp.", "sqrt", "cvt.rni", ".ftz", ".approx")
     bad = 0
     for cc in ((8, 0), (9, 0)):
@@ -324,9 +325,11 @@ def ptx_report(kc) -> int:
             ops = {o: n for o, n in kc.ptx_ops(ptx).items()
                    if any(w in o for w in watch) and (".f" in o or "dp4a" in o)}
             forbidden = dict(kc.contract_violations(ptx))
+            nans = dict(kc.ptx_nan_immediates(ptx))
+            forbidden.update({c: n for c, n in nans.items() if c != "0f7FC00000"})
             bad += sum(forbidden.values())
             out(f"  sm_{cc[0]}{cc[1]} {name:15s} " + ", ".join(f"{o} x{n}" for o, n in sorted(ops.items()))
-                + (f"   FORBIDDEN: {forbidden}" if forbidden else ""))
+                + f", NaN immediates {nans}" + (f"   FORBIDDEN: {forbidden}" if forbidden else ""))
     return bad
 
 
@@ -352,7 +355,8 @@ def main(argv=None) -> int:
         except Exception as e:  # noqa: BLE001 - no numba-cuda / NVVM
             print(f"gpu_check: cannot compile PTX here: {e}", file=sys.stderr)
             return 2
-        out("no fma / mad, no float add / sub / mul without .rn, no .ftz, no .approx" if bad == 0
+        out("no fma / mad, no float add / sub / mul without .rn, no .ftz, no .approx, no NaN but 0f7FC00000"
+            if bad == 0
             else f"{bad} FORBIDDEN instructions")
         write(args.out or str(HERE / "results" / "cuda_ptx.txt"))
         return 0 if bad == 0 else 1
