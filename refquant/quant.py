@@ -24,8 +24,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from weights_io.errors import ConfigError, DTypeError, NonFiniteError, OutOfRangeError, ShapeError
-from .floats import canonical_nan
 from .spec import QuantSpec
+from .floats import canonical_nan
 
 F32 = np.float32
 

@@ -62,10 +62,10 @@ import numpy as np
 
 from weights_io.errors import ConfigError, DTypeError, OutOfRangeError, ShapeError
 from ..nn.fast_erf import gelu_erf_float32
-from ..floats import canonical_nan
 from ..nn.fused import layer_norm_rows
 from ..quant import QParams, check_finite, choose_qparams
 from ..spec import QuantSpec
+from ..floats import canonical_nan
 
 F32 = np.float32
 I8_MAX_K = (2 ** 31 - 1) // (128 * 128)   # 131071: 2^14 * K < 2^31

@@ -5,10 +5,10 @@ import numpy as np
 
 from weights_io.errors import ConfigError, OutOfRangeError, ShapeError
 
-from ..floats import canonical_nan
 from ..nn import (attention_forward, embedding_forward, gelu_erf_forward, gelu_tanh_forward,
                   layer_norm_forward, residual_layer_norm_forward, split_heads)
 from .base import Model
+from ..floats import canonical_nan
 
 F32 = np.float32
 ACTIVATIONS = {"gelu": gelu_erf_forward, "gelu_new": gelu_tanh_forward,

@@ -5,9 +5,9 @@ import numpy as np
 
 from weights_io.errors import ConfigError
 
-from ..floats import canonical_nan
 from ..nn import attention_forward, embedding_forward, gelu_erf_forward, gelu_tanh_forward, layer_norm_forward
 from .base import Model
+from ..floats import canonical_nan
 
 F32 = np.float32
 ACTIVATIONS = {"gelu_new": gelu_tanh_forward, "gelu_pytorch_tanh": gelu_tanh_forward, "gelu": gelu_erf_forward}

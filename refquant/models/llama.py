@@ -6,9 +6,9 @@ import numpy as np
 
 from weights_io.errors import ConfigError
 
-from ..floats import canonical_nan
 from ..nn import attention_forward, embedding_forward, rms_norm_forward, rope_forward, rope_tables, silu_forward
 from .base import Model
+from ..floats import canonical_nan
 
 F32 = np.float32
 
