@@ -549,5 +549,4 @@ def fake_quant(x, qp: QParams, name: str = "x") -> np.ndarray:
 
 
 __all__ = ["QParams", "choose_qparams", "qparams_from_minmax", "qparams_from_amax", "quantize",
-           "dequantize", "fake_quant", "round_values", "param_shape", "expand", "check_finite",
-           "canonical_nan"]
+           "dequantize", "fake_quant", "round_values", "param_shape", "expand", "check_finite"]
