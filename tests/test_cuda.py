@@ -420,6 +420,33 @@ def test_without_a_gpu_the_backend_refuses_in_one_clear_sentence():
     assert out.startswith("refused: backend 'cuda': ") and "\n" not in out
 
 
+def test_numpy_without_row_stack_is_refused_in_one_sentence():
+    """numpy 2.5 removed np.row_stack, which numba-cuda <= 0.30.4 still names when its CUDA target
+    loads (pyproject's cuda and test extras keep numpy < 2.5). Simulated here by removing it from
+    numpy 2.4 before anything imports it: the backend says why, in one sentence, not a traceback."""
+    done = _run("""
+        import numpy as np
+        np.__dict__.pop("row_stack", None)
+        if "row_stack" in np.__all__:
+            np.__all__.remove("row_stack")
+        try:
+            from numba.cuda.np import arrayobj
+            print("loads")
+        except AttributeError:
+            import refquant as rq
+            import refquant.kernels
+            try:
+                rq.kernels.gemm_i8(np.zeros((1, 1), np.int8), np.zeros((1, 1), np.int8), backend="cuda")
+            except rq.ConfigError as e:
+                print("refused:", e)
+    """, NUMBA_ENABLE_CUDASIM="0")
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = done.stdout.strip()
+    if out == "loads":
+        pytest.skip("this numba-cuda loads without np.row_stack")
+    assert out.startswith("refused: backend 'cuda': numba-cuda ") and "numpy<2.5" in out and "\n" not in out
+
+
 def test_gpu_check_script():
     """validation/gpu_check.py: its small-shape simulator run passes; without a GPU (and
     without the simulator) it says so in one line and exits 2."""

@@ -94,6 +94,12 @@ def _load_numba_cuda():
                              "numba-cuda (pip install 'refquant[cuda]')")
     simulated = bool(config.ENABLE_CUDASIM)
     if not simulated:
+        try:  # the real target's numpy registry: numba-cuda <= 0.30.4 names np.row_stack (gone in numpy 2.5)
+            from numba.cuda.np import arrayobj  # noqa: F401
+        except AttributeError as e:
+            from numba_cuda import __version__ as version
+            return cuda, False, (f"numba-cuda {version} does not load with numpy {np.__version__} ({e}); "
+                                 "install numpy<2.5, as pip install 'refquant[cuda]' does")
         try:
             if not cuda.is_available():
                 return cuda, False, ("no CUDA GPU is visible (cuda.is_available() is False); "
