@@ -325,19 +325,20 @@ HUGE = F32(2.0 ** 70)  # s_a * s_w = 2^140: inf in float32
 
 def nan_problem():
     """Arguments under which every float32 epilogue makes NaN in each way rule 12 covers:
-    a [3, 6] (a zero row, a positive and a negative one), w [9, 6] (a zero row; a row whose
+    a [33, 6] (a zero row, a positive and a negative one, 11 times: enough rows for the AMX
+    tiles, and one past them), w [9, 6] (a zero row; a row whose
     two input groups of 3 have sums of opposite signs), s_a = s_w = 2^70 so s_a * s_w = inf:
     acc = 0 gives 0 * inf, others +-inf; bias 0, -inf, +inf (inf - inf) and the ODD_NANS;
     GELU then also sees -inf (0.5 * -inf * (1 + erf) = -inf * 0) and NaN. Returns a dict."""
-    a = np.array([[0, 0, 0, 0, 0, 0], [1, 2, 3, 4, 5, 6], [-1, -2, -3, -4, -5, -6]], np.int8)
+    a = np.tile(np.array([[0, 0, 0, 0, 0, 0], [1, 2, 3, 4, 5, 6], [-1, -2, -3, -4, -5, -6]], np.int8), (11, 1))
     w = np.ones((9, 6), np.int8)
     w[1] = 0
     w[2] = [7, 7, 7, -8, -8, -8]
     bias = np.concatenate([np.array([0, 0, 0, -np.inf, np.inf], F32), ODD_NANS])
     x = a.astype(F32) * F32(100)  # per token: s_a = amax / 128 > 1, and s_w = 3e38
-    q_bias = np.zeros((3, 9), np.int32)
-    q_bias[1:, 0] = [-21, 21]  # acc + q_bias = 0 where acc != 0
-    return dict(a=a, w=w, w4=ref.pack_w4(w), s_a=np.full(3, HUGE), s_w=np.full(9, HUGE),
+    q_bias = np.zeros((33, 9), np.int32)
+    q_bias[:, 0] = np.tile([0, -21, 21], 11)  # acc + q_bias = 0 where acc != 0
+    return dict(a=a, w=w, w4=ref.pack_w4(w), s_a=np.full(33, HUGE), s_w=np.full(9, HUGE),
                 s_g=np.full((9, 2), HUGE), bias=bias, x=x, s_w_max=np.full(9, F32(3e38)), q_bias=q_bias)
 
 
@@ -384,6 +385,39 @@ def test_every_nan_a_kernel_writes_is_the_canonical_nan(path):
         assert np.isnan(y).any(), case  # each case does make NaN
         assert nan_bits_are_canonical(y), (path, case, sorted({hex(v) for v in y.view(np.uint32)[np.isnan(y)]}))
         assert same_bits(y, want[case]), (path, case)
+
+
+@pytest.mark.skipif(not cpu.HAVE_VNNI or cpu.HAVE_AMX, reason="needs AVX-512 VNNI and no AMX (with AMX the "
+                    "amx path runs above)")
+def test_amx_epilogue_stores_the_canonical_nan_where_amx_cannot_run(tmp_path):
+    """Compiled for Sapphire Rapids (AMX), the VNNI kernel runs here with the canonical NaN and
+    the AMX driver's LLVM IR has the same select at every float epilogue store: one per row and
+    16-column block of each VNNI micro-kernel, plus the AMX row loop's two blocks."""
+    import subprocess
+    import sys
+    code = """if True:
+        import sys, warnings
+        sys.path.insert(0, "tests")
+        warnings.simplefilter("ignore")
+        import numpy as np
+        from refquant.kernels import _vnni, cpu
+        from test_kernels import nan_bits_are_canonical, nan_outputs, nan_problem, ref, same_bits
+        assert _vnni.AMX_COMPILES and cpu.HAVE_VNNI and not cpu.HAVE_AMX
+        p = nan_problem()
+        outs, want = nan_outputs(cpu, p, path="vnni"), nan_outputs(ref, p)
+        assert all(nan_bits_are_canonical(y) and same_bits(y, want[c]) for c, y in outs.items())
+        llvm = "".join(cpu._vnni_i8.inspect_llvm().values())
+        stores = sum(_vnni.ROWS) * sum(range(1, cpu.NR + 1)) + 2
+        print("tdpbusd" in llvm, llvm.count("fcmp uno <16 x float>") == stores)
+    """
+    features = ("+64bit,+sse,+sse2,+sse3,+ssse3,+sse4.1,+sse4.2,+popcnt,+avx,+avx2,+fma,+f16c,+bmi,+bmi2,"
+                "+lzcnt,+movbe,+cx16,+xsave,+avx512f,+avx512bw,+avx512vl,+avx512dq,+avx512cd,+avx512vnni,"
+                "+amx-tile,+amx-int8")
+    env = {**os.environ, "NUMBA_CPU_NAME": "sapphirerapids", "NUMBA_CPU_FEATURES": features,
+           "NUMBA_CACHE_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=900,
+                          cwd=os.path.join(os.path.dirname(__file__), ".."))
+    assert done.returncode == 0 and done.stdout.split() == ["True", "True"], done.stdout + done.stderr[-3000:]
 
 
 # scales that overflow s_a * s_w half the time (NaN where acc = 0), or are subnormal
