@@ -28,6 +28,7 @@ import numpy as np
 from weights_io.errors import ConfigError, DTypeError, NonFiniteError, OutOfRangeError, ShapeError
 from weights_io.int4 import integer_values
 from .spec import QuantSpec
+from .floats import canonical_nan
 
 F32 = np.float32
 
@@ -536,16 +537,18 @@ def quantize(x, qp: QParams, name: str = "x") -> np.ndarray:
 
 
 def _dequantize_values(qf: np.ndarray, qp: QParams, shape, name: str) -> np.ndarray:
+    """float32 values of the grid positions qf; a NaN (which stack_artifacts specs let through
+    fake_quant) leaves as the canonical NaN (rule 12)."""
     spec = qp.spec
     scale = expand(qp.scale, shape, spec, name)
     zp = expand(qp.zero_point, shape, spec, name)
     if spec.zero_point_add == "float_offset":
-        return (qf * scale + expand(qp.offset, shape, spec, name)).astype(F32)
+        return canonical_nan((qf * scale + expand(qp.offset, shape, spec, name)).astype(F32))
     if spec.mapping == "multiplier":
         mult = expand(qp.multiplier, shape, spec, name)
         mult = np.where(mult == 0, F32(1), mult)  # a zero multiplier (ModelOpt, amax ~ 0) divides by 1
-        return ((qf - zp.astype(F32)) / mult if _has_zero_point(spec) else qf / mult).astype(F32)
-    return ((qf - zp.astype(F32)) * scale).astype(F32)
+        return canonical_nan(((qf - zp.astype(F32)) / mult if _has_zero_point(spec) else qf / mult).astype(F32))
+    return canonical_nan(((qf - zp.astype(F32)) * scale).astype(F32))
 
 
 def dequantize(q, qp: QParams, name: str = "q") -> np.ndarray:

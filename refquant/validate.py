@@ -39,7 +39,7 @@ from .compare_dialects import default_checkpoint
 from .kernels import reference as ref
 from .models import load
 from .models.bert import mean_pool
-from .quant import check_finite, quantize
+from .quant import canonical_nan, check_finite, quantize
 from .quantized import GELU10, QuantizedModel, quantize_model
 from .recipes import RECIPES, ffn_second_gemm
 
@@ -285,6 +285,9 @@ def site_golden(qm: QuantizedModel, site: str, x: np.ndarray, y: np.ndarray, bac
 
 
 def golden_tensors(float_model, qms: dict, batch: dict, backends: dict) -> dict:
+    """{name: tensor} of the dump: inputs, each model's output, each quantized site's
+    site_golden tensors. Every NaN written is the canonical NaN (contract rule 12): the float
+    ops inside a forward leave NaN bits to the CPU, so they are fixed here, on copies."""
     tensors = {"inputs/input_ids": batch["input_ids"].astype(np.int64),
                "inputs/attention_mask": batch["attention_mask"].astype(np.int64)}
     tensors["float/output"] = np.ascontiguousarray(float_model.forward(**batch), F32)
@@ -295,7 +298,7 @@ def golden_tensors(float_model, qms: dict, batch: dict, backends: dict) -> dict:
             if site in qm.quantized_sites:
                 for key, value in site_golden(qm, site, x, y, backends[name]).items():
                     tensors[f"{name}/{site}/{key}"] = np.ascontiguousarray(value)
-    return tensors
+    return {name: canonical_nan(t.copy()) if t.dtype.kind == "f" else t for name, t in tensors.items()}
 
 
 def float_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:

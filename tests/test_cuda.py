@@ -22,6 +22,7 @@ from refquant.kernels import cuda as kc, reference as ref
 from refquant.testing import INT8_STYLES, int8_matrix
 from test_kernels import (MODELOPT, Q8BERT, TOKEN, activations, act_styles, int32_bias_problem, layer_norm_problem,
                           linear_problem, quantize_linear_problem, same_bits, scale_styles, scales, w4_problem)
+from test_kernels import bias_styles, nan_bits_are_canonical, nan_outputs, nan_problem, nan_scale_styles
 
 F32 = np.float32
 EXAMPLES = dict(max_examples=int(os.environ.get("REFQUANT_CUDA_EXAMPLES", 20)), deadline=None)
@@ -93,6 +94,38 @@ def test_w4a8(shape, seed, style, extremes4, gelu, bias, per_token, group):
         return
     want = ref.linear_w4a8_groups(a, s_a, packed, K, s_w, group, b, act)
     assert same_bits(kc.linear_w4a8_groups(a, s_a, device, K, s_w, group, b, act), want)
+
+
+def test_every_nan_the_cuda_kernels_write_is_the_canonical_nan():
+    """0 * inf, inf - inf, GELU(-inf) and NaN biases of any sign and payload: 0x7FC00000 on the
+    device (whose own invalid operations make 0x7FFFFFFF) as on the CPU, and the reference's
+    bytes everywhere."""
+    p = nan_problem()
+    got, want = nan_outputs(kc, p), nan_outputs(ref, p)
+    for case, y in got.items():
+        assert np.isnan(y).any() and nan_bits_are_canonical(y), (case, sorted({hex(v) for v in y.view(np.uint32)[np.isnan(y)]}))
+        assert same_bits(y, want[case]), case
+
+
+@settings(**EXAMPLES)
+@given(shape=shapes, seed=seeds, style=int_styles, sa_style=nan_scale_styles, sw_style=nan_scale_styles,
+       per_token=st.booleans(), bias=bias_styles, gelu=st.booleans(), group=st.sampled_from([None, 3, 32]))
+def test_nan_included_the_cuda_bytes_are_the_references(shape, seed, style, sa_style, sw_style, per_token, bias,
+                                                       gelu, group):
+    """test_kernels' cross-path property on the CUDA kernels: huge / subnormal scales, inf and
+    NaN biases, GELU; byte equality with the reference, NaN bits included."""
+    M, K, N = shape
+    a, s_a, w, s_w, b, act = linear_problem(shape, seed, style, sa_style, sw_style, per_token, bias, gelu)
+    assert same_bits(kc.linear_i8(a, s_a, w, s_w, b, act), ref.linear_i8(a, s_a, w, s_w, b, act))
+    qb_args = int32_bias_problem(shape, seed, style, True, per_token, sa_style, sw_style)
+    assert same_bits(kc.linear_i8_int32_bias(*qb_args), ref.linear_i8_int32_bias(*qb_args))
+    a4, s_a4, _, p4, s_w4, b4, act4 = w4_problem(shape, seed, style, False, gelu, bias, per_token, group, sw_style)
+    if group is None:
+        assert same_bits(kc.linear_w4a8_rows(a4, s_a4, p4, K, s_w4, b4, act4),
+                         ref.linear_w4a8_rows(a4, s_a4, p4, K, s_w4, b4, act4))
+    else:
+        assert same_bits(kc.linear_w4a8_groups(a4, s_a4, p4, K, s_w4, group, b4, act4),
+                         ref.linear_w4a8_groups(a4, s_a4, p4, K, s_w4, group, b4, act4))
 
 
 def test_w4_prepacked_for_other_groups_is_refused():
@@ -345,6 +378,29 @@ def test_ptx_uses_dp4a_and_no_fma():
         assert rows.get("add.rn.f64", 0) and rows.get("mul.rn.f64", 0) and rows.get("sqrt.rn.f32", 0)
 
 
+def test_ptx_builds_the_canonical_nan_from_its_bits():
+    """Contract rule 12 on the device: every float32 store of both kernels selects the NaN
+    0x7FC00000 (``0f7FC00000``: a GPU's own invalid operations write 0x7FFFFFFF), and no other
+    NaN immediate is in the PTX."""
+    if not _nvvm_available():
+        pytest.skip("NVVM is not installed (pip install 'refquant[cuda]' brings it)")
+    done = _run("""
+        import json
+        from refquant.kernels import cuda as kc
+        out = {name: [dict(kc.ptx_nan_immediates(ptx)), ptx.count("selp.f32")]
+               for name, ptx in kc.kernel_ptx((9, 0)).items()}
+        out["rule"] = dict(kc.ptx_nan_immediates("mov.f32 %f1, 0f7FFFFFFF; mov.f32 %f2, 0f7F800000; "
+                                                 "selp.f32 %f3, 0f7FC00000, %f4, %p1; mov.f32 %f5, 0fFFC00000;"))
+        print(json.dumps(out))
+    """, NUMBA_ENABLE_CUDASIM="0")
+    assert done.returncode == 0, done.stderr[-3000:]
+    import json
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result.pop("rule") == {"0f7FFFFFFF": 1, "0f7FC00000": 1, "0fFFC00000": 1}  # inf is no NaN
+    for kernel, (nans, selects) in result.items():
+        assert set(nans) == {"0f7FC00000"} and selects >= nans["0f7FC00000"] > 0, (kernel, nans, selects)
+
+
 def test_without_a_gpu_the_backend_refuses_in_one_clear_sentence():
     done = _run("""
         from refquant.kernels import cuda as kc
@@ -362,6 +418,33 @@ def test_without_a_gpu_the_backend_refuses_in_one_clear_sentence():
     if out == "GPU":
         pytest.skip("this machine has a GPU")
     assert out.startswith("refused: backend 'cuda': ") and "\n" not in out
+
+
+def test_numpy_without_row_stack_is_refused_in_one_sentence():
+    """numpy 2.5 removed np.row_stack, which numba-cuda <= 0.30.4 still names when its CUDA target
+    loads (pyproject's cuda and test extras keep numpy < 2.5). Simulated here by removing it from
+    numpy 2.4 before anything imports it: the backend says why, in one sentence, not a traceback."""
+    done = _run("""
+        import numpy as np
+        np.__dict__.pop("row_stack", None)
+        if "row_stack" in np.__all__:
+            np.__all__.remove("row_stack")
+        try:
+            from numba.cuda.np import arrayobj
+            print("loads")
+        except AttributeError:
+            import refquant as rq
+            import refquant.kernels
+            try:
+                rq.kernels.gemm_i8(np.zeros((1, 1), np.int8), np.zeros((1, 1), np.int8), backend="cuda")
+            except rq.ConfigError as e:
+                print("refused:", e)
+    """, NUMBA_ENABLE_CUDASIM="0")
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = done.stdout.strip()
+    if out == "loads":
+        pytest.skip("this numba-cuda loads without np.row_stack")
+    assert out.startswith("refused: backend 'cuda': numba-cuda ") and "numpy<2.5" in out and "\n" not in out
 
 
 def test_gpu_check_script():

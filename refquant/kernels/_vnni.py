@@ -36,7 +36,8 @@ fast-math or contraction flags, so nothing is fused or reassociated):
 
 ``"int"``    out_i[m0 + r, n0 + j] = acc.
 ``"float"``  v = acc (+ q_bias[m, n] in int32 if has_qb, an overflow setting err[0] = 1);
-             y = float32(v) * (s_a[m] * s_w[n]) (+ bias[n] if has_bias); out_f[m, n] = y.
+             y = float32(v) * (s_a[m] * s_w[n]) (+ bias[n] if has_bias); out_f[m, n] = y, a NaN
+             stored as the canonical NaN (rule 12, ``canonical_nan_lanes``).
 ``"group"``  p = float32(acc) * (s_a[m] * s_w[n]) (s_w is the group's row of scales);
              ftile[r * 48 + j] = p if first else ftile[r * 48 + j] + p (the caller adds the
              bias and copies the valid part out).
@@ -58,6 +59,8 @@ from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
+
+from ..floats import CANONICAL_NAN_BITS
 
 _I1 = ir.IntType(1)
 _I8 = ir.IntType(8)
@@ -103,6 +106,13 @@ def _splat(builder, x, vec_ty):
 
 def _vptr(builder, p, off, vec_ty=_V16):
     return builder.bitcast(builder.gep(p, [off]), vec_ty.as_pointer())
+
+
+def canonical_nan_lanes(builder, y):
+    """refquant.floats.canonical_nan_value on a <16 x float>: NaN lanes (fcmp uno) replaced by
+    the canonical NaN, built from its bits (rule 12)."""
+    nan = builder.bitcast(ir.Constant(_V16, [CANONICAL_NAN_BITS] * 16), _F16)
+    return builder.select(builder.fcmp_unordered("uno", y, y), nan, y)
 
 
 class _Epilogue:
@@ -191,6 +201,7 @@ class _Epilogue:
             b.store(b.or_(b.load(self.overflow), ovf), self.overflow)
             y = b.fmul(b.sitofp(v, _F16), b.fmul(sa, self.swv[c]))
             y = b.select(self.has_bias, b.fadd(y, self.biasv[c]), y)
+            y = canonical_nan_lanes(b, y)
             self.mstore(y, _vptr(b, self.out.ptr, b.add(obase, _const(16 * c)), _F16), masks[c])
 
     def finish(self):

@@ -39,12 +39,10 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from llvmlite import ir
-from numba import types
-from numba.extending import intrinsic
 
 from weights_io.errors import ConfigError, DTypeError, NonFiniteError, OutOfRangeError, ShapeError
 from .._numba import numba
+from ..floats import canonical_nan_value, float32_from_bits
 from ..nn.fast_erf import gelu_erf_float32
 from ..nn.fused import layer_norm_row_stats
 from ..quant import QParams
@@ -208,8 +206,9 @@ def prepack_w4(w_packed, K, group_size=None) -> PackedW4:
 @numba.njit(cache=True, inline="always")
 def _store_tile(tile, W, rows, cols, m0, n0, mode, s_a, sa_stride, s_w, bias, has_bias, qbias,
                 qb_rows, out_i, out_f, err):
-    """Epilogue of one int32 tile (row stride W) into the outputs at [m0, n0]. (Slices, not
-    offset indexing, so that indices are provably >= 0 and the loops vectorize.)"""
+    """Epilogue of one int32 tile (row stride W) into the outputs at [m0, n0], every NaN stored
+    as the canonical one (rule 12). (Slices, not offset indexing, so that indices are provably
+    >= 0 and the loops vectorize.)"""
     sw = s_w[n0:n0 + cols]
     for r in range(rows):
         m = m0 + r
@@ -225,10 +224,10 @@ def _store_tile(tile, W, rows, cols, m0, n0, mode, s_a, sa_stride, s_w, bias, ha
             if has_bias:
                 b = bias[n0:n0 + cols]
                 for j in range(cols):
-                    o[j] = np.float32(t[j]) * (sa * sw[j]) + b[j]
+                    o[j] = canonical_nan_value(np.float32(t[j]) * (sa * sw[j]) + b[j])
             else:
                 for j in range(cols):
-                    o[j] = np.float32(t[j]) * (sa * sw[j])
+                    o[j] = canonical_nan_value(np.float32(t[j]) * (sa * sw[j]))
         else:
             qb = qbias[m * qb_rows, n0:n0 + cols]
             for j in range(cols):
@@ -236,7 +235,7 @@ def _store_tile(tile, W, rows, cols, m0, n0, mode, s_a, sa_stride, s_w, bias, ha
                 if v < -2147483648 or v > 2147483647:
                     err[0] = 1
                     v = 0
-                o[j] = np.float32(np.int32(v)) * (sa * sw[j])
+                o[j] = canonical_nan_value(np.float32(np.int32(v)) * (sa * sw[j]))
 
 
 @numba.njit(cache=True, inline="always")
@@ -258,16 +257,17 @@ def _add_group(tile, W, ftile, rows, cols, m0, n0, g, s_a, sa_stride, s_wT):
 
 @numba.njit(cache=True, inline="always")
 def _store_ftile(ftile, W, rows, cols, m0, n0, bias, has_bias, out_f):
+    """The summed groups of a float32 tile (+ bias) into out_f at [m0, n0], NaN canonical."""
     for r in range(rows):
         f = ftile[r * W:r * W + cols]
         o = out_f[m0 + r, n0:n0 + cols]
         if has_bias:
             b = bias[n0:n0 + cols]
             for j in range(cols):
-                o[j] = f[j] + b[j]
+                o[j] = canonical_nan_value(f[j] + b[j])
         else:
             for j in range(cols):
-                o[j] = f[j]
+                o[j] = canonical_nan_value(f[j])
 
 
 # ---------------------------------------------------------------------------------------
@@ -391,17 +391,6 @@ def _params(amax, fp, ip):
     return mult, (np.float32(1) if mult == 0 else np.float32(1) / mult)
 
 
-@intrinsic
-def _bits_f32(typingctx, bits):
-    """The float32 whose bit pattern is the int32 ``bits``."""
-    if bits != types.int32:
-        return None
-
-    def codegen(context, builder, signature, args):
-        return builder.bitcast(args[0], ir.FloatType())
-    return types.float32(types.int32), codegen
-
-
 @numba.njit(cache=True, inline="always")
 def _row_amax(xi, m):
     """(max |x[m, :]|, whether the row is all finite) from x's int32 view: for |x| the integer
@@ -410,7 +399,7 @@ def _row_amax(xi, m):
     mx = np.int32(0)
     for k in range(xi.shape[1]):
         mx = max(mx, np.int32(xi[m, k] & 0x7FFFFFFF))
-    return _bits_f32(mx), mx < 0x7F800000
+    return float32_from_bits(mx), mx < 0x7F800000
 
 
 @numba.njit(cache=True, inline="always")
@@ -876,16 +865,7 @@ if HAVE_VNNI:
                                      g * rows_p + (mb - mb0) * MR, out_i, out_f, mb * MR, n0, rows,
                                      cols, s_a, sa_stride, s_wT[g], bias, has_bias, qb, 0, 0, err,
                                      ftile, g == 0)
-                    for r in range(rows):
-                        f = ftile[r * TILE_W:r * TILE_W + cols]
-                        o = out_f[mb * MR + r, n0:n0 + cols]
-                        if has_bias:
-                            b = bias[n0:n0 + cols]
-                            for j in range(cols):
-                                o[j] = f[j] + b[j]
-                        else:
-                            for j in range(cols):
-                                o[j] = f[j]
+                    _store_ftile(ftile, TILE_W, rows, cols, mb * MR, n0, bias, has_bias, out_f)
 
 
 # ---------------------------------------------------------------------------------------

@@ -30,6 +30,10 @@ input-group sum, the LayerNorm statistics (sequential, in float64, THE order of
 division / multiplication, and GELU's erf polynomial (the Estrin scheme of
 ``refquant.nn.fast_erf``, operation for operation). tests/test_cuda.py compiles every kernel to
 PTX (when NVVM is installed; no GPU needed) and asserts that no ``fma`` instruction is left.
+Every float32 store goes through ``_canonical_nan`` (refquant.floats.canonical_nan_value
+compiled for the GPU: its constant built from the bits 0x7FC00000 by ``int_as_float``, since a
+GPU's own invalid operations write 0x7FFFFFFF; tests/test_cuda.py finds ``0f7FC00000`` and no
+other NaN immediate in the PTX), so NaN bytes are the CPU's (contract rule 12).
 GELU's rare "unsure" elements (a float32 rounding boundary within fast_erf.TOLERANCE of the
 polynomial, about 24 per million) come back flagged and are recomputed on the host with
 scipy, exactly as ``fast_erf.gelu_erf_float32`` does.
@@ -53,6 +57,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from weights_io.errors import ConfigError, DTypeError, OutOfRangeError, ShapeError
+from ..floats import canonical_nan_value
 from ..nn.fast_erf import COEFFS, INV_SQRT2, TOLERANCE, U_MAX, Z_MAX
 from ..quant import QParams
 from ..spec import QuantSpec
@@ -89,6 +94,12 @@ def _load_numba_cuda():
                              "numba-cuda (pip install 'refquant[cuda]')")
     simulated = bool(config.ENABLE_CUDASIM)
     if not simulated:
+        try:  # the real target's numpy registry: numba-cuda <= 0.30.4 names np.row_stack (gone in numpy 2.5)
+            from numba.cuda.np import arrayobj  # noqa: F401
+        except AttributeError as e:
+            from numba_cuda import __version__ as version
+            return cuda, False, (f"numba-cuda {version} does not load with numpy {np.__version__} ({e}); "
+                                 "install numpy<2.5, as pip install 'refquant[cuda]' does")
         try:
             if not cuda.is_available():
                 return cuda, False, ("no CUDA GPU is visible (cuda.is_available() is False); "
@@ -221,6 +232,10 @@ def _rebind(fn, **names):
 # The quantization parameters of one slice from its amax: the very code the CPU kernels run
 # (refquant.kernels.cpu._params), compiled for the GPU with its one multiply rounded explicitly.
 _params = _device(_rebind(cpu._params.py_func, _mul=_fmul)) if cuda is not None else None
+# Contract rule 12 at every float32 store: the CPU kernels' function, its canonical NaN built
+# from the bits by libdevice's int_as_float (a NaN literal could reach PTX as another NaN).
+_canonical_nan = (_device(_rebind(canonical_nan_value.py_func, float32_from_bits=_from_bits))
+                  if cuda is not None else None)
 
 
 @_device
@@ -357,7 +372,8 @@ def _linear_kernel(a, w8, w4, is_w4, M, N, G, gw, mode, s_a, sa_stride, s_wT, bi
                 if total < -2147483648 or total > 2147483647:
                     err[0] = 1
                     total = 0
-                out_f[m, n] = _fmul(np.float32(np.int32(total)), _fmul(s_a[m * sa_stride], s_wT[0, n]))
+                out_f[m, n] = _canonical_nan(_fmul(np.float32(np.int32(total)),
+                                                   _fmul(s_a[m * sa_stride], s_wT[0, n])))
             else:
                 v = _fadd(y[i, j], bias[n]) if has_bias else y[i, j]
                 if gelu:
@@ -365,9 +381,9 @@ def _linear_kernel(a, w8, w4, is_w4, M, N, G, gw, mode, s_a, sa_stride, s_wT, bi
                     if flag:
                         unsure[m, n] = 1
                         out = v  # the host recomputes gelu(v) with scipy
-                    out_f[m, n] = out
+                    out_f[m, n] = _canonical_nan(out)
                 else:
-                    out_f[m, n] = v
+                    out_f[m, n] = _canonical_nan(v)
 
 
 # ---------------------------------------------------------------------------------------
@@ -412,7 +428,7 @@ def _rows_kernel(x, ln, gamma, beta, eps, y, dynamic, check, do_quant, fp, ip, p
         rstd = stats[1]
         for k in range(t, K, ROW_THREADS):
             h = _fmul(_fsub(x[r, k], mean), rstd)
-            y[r, k] = _fadd(_fmul(h, gamma[k]), beta[k])
+            y[r, k] = _canonical_nan(_fadd(_fmul(h, gamma[k]), beta[k]))
         cuda.syncthreads()
     src = y if ln else x
     if t == 0:
@@ -923,6 +939,16 @@ def contract_violations(ptx: str) -> Counter:
         bare = op.split(".")[0] in ("add", "sub", "mul") and not {"rn", "rz", "rm", "rp"} & set(op.split("."))
         return floating and (op.startswith(("fma", "mad")) or bare or ".ftz" in op or ".approx" in op)
     return Counter({op: n for op, n in ptx_ops(ptx).items() if forbidden(op)})
+
+
+_PTX_F32_IMMEDIATE = re.compile(r"\b0[fF]([0-9A-Fa-f]{8})\b")
+
+
+def ptx_nan_immediates(ptx: str) -> Counter:
+    """{immediate: count} of the float32 NaN constants in a PTX text (``0f7FC00000`` is the
+    canonical NaN of contract rule 12; any other would be written by some store)."""
+    bits = (int(h, 16) for h in _PTX_F32_IMMEDIATE.findall(ptx))
+    return Counter(f"0f{b:08X}" for b in bits if b & 0x7F800000 == 0x7F800000 and b & 0x7FFFFF)
 
 
 def kernel_ptx(cc=(9, 0)) -> dict:

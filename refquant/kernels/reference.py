@@ -22,6 +22,9 @@ Conventions
   scale here would silently round it).
 - ``activation`` is ``None`` or ``"gelu_erf"``: ``refquant.nn.fast_erf.gelu_erf_float32``
   (0.5 * x * (1 + erf(x / sqrt(2))) in float32, erf with scipy's bits).
+- Every NaN of a float32 result is THE NaN, bits ``0x7FC00000`` (rule 12,
+  ``refquant.floats.canonical_nan``), whatever made it: ``0 * inf`` when ``s_a * s_w``
+  overflows, ``inf - inf`` with a bias, GELU of ``-inf``, a NaN bias with any sign or payload.
 
 Quantizing activations
 ----------------------
@@ -63,6 +66,7 @@ from ..nn.fast_erf import gelu_erf_float32
 from ..nn.fused import layer_norm_rows
 from ..quant import QParams, check_finite, choose_qparams
 from ..spec import QuantSpec
+from ..floats import canonical_nan
 
 F32 = np.float32
 I8_MAX_K = (2 ** 31 - 1) // (128 * 128)   # 131071: 2^14 * K < 2^31
@@ -146,7 +150,7 @@ def _finish(y, bias, activation):
         y = y + bias[None, :]
     if activation == "gelu_erf":
         y = gelu_erf_float32(y)
-    return y
+    return canonical_nan(y)
 
 
 def _exact_matmul(a, w) -> np.ndarray:
@@ -195,7 +199,7 @@ def linear_i8_int32_bias(a, s_a, w, s_w, q_bias) -> np.ndarray:
     total = _exact_matmul(a, w).astype(np.int64) + q_bias.astype(np.int64)
     if total.size and (total.min() < -2 ** 31 or total.max() >= 2 ** 31):
         raise OutOfRangeError(_bias_overflow_message(total, "linear_i8_int32_bias"))
-    return total.astype(np.int32).astype(F32) * (_col(s_a) * s_w[None, :])
+    return canonical_nan(total.astype(np.int32).astype(F32) * (_col(s_a) * s_w[None, :]))
 
 
 def check_q_bias(q_bias, M, N, what):

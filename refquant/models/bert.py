@@ -8,6 +8,7 @@ from weights_io.errors import ConfigError, OutOfRangeError, ShapeError
 from ..nn import attention_forward, embedding_forward, layer_norm_forward, residual_layer_norm_forward, split_heads
 from ..nn.activations import model_activation
 from .base import Model
+from ..floats import canonical_nan
 
 F32 = np.float32
 
@@ -100,7 +101,7 @@ class Bert(Model):
         return self.residual_layer_norm(f"{p}.output.LayerNorm", x, self.ffn(i, x))  # post-LN
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None):
-        """Last hidden state [B, T, C] (float32)."""
+        """Last hidden state [B, T, C] (float32; NaN canonical, contract rule 12)."""
         ids, mask = self.check_inputs(input_ids, attention_mask)
         types = np.zeros_like(ids) if token_type_ids is None else np.asarray(token_type_ids)
         if types.ndim == 1:
@@ -112,13 +113,13 @@ class Bert(Model):
         x = self.embed(ids, types)
         for i in range(self.config.num_hidden_layers):
             x = self.block(i, x, mask)
-        return x
+        return canonical_nan(x)
 
     def pooled(self, hidden):
         """tanh(dense(hidden[:, 0])): the pooler output, when the checkpoint has one."""
         if not self.has_pooler:
             raise ConfigError(f"{self.source}: this checkpoint has no pooler (pooler.dense.weight)")
-        return np.tanh(self.linear("pooler.dense", hidden[:, 0]))
+        return canonical_nan(np.tanh(self.linear("pooler.dense", hidden[:, 0])))
 
     def sentence_embedding(self, batch, normalize=False):
         """Mean of the last hidden state over real tokens (sentence-transformers' pooling)."""
@@ -135,4 +136,4 @@ def mean_pool(hidden, attention_mask=None, normalize=False):
         emb = (hidden * m).sum(axis=1) / np.maximum(m.sum(axis=1), F32(1e-9))
     if normalize:
         emb = emb / np.maximum(np.linalg.norm(emb, axis=-1, keepdims=True), F32(1e-12))
-    return emb.astype(F32)
+    return canonical_nan(emb.astype(F32))

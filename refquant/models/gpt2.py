@@ -6,6 +6,7 @@ import numpy as np
 from ..nn import attention_forward, embedding_forward, layer_norm_forward
 from ..nn.activations import model_activation
 from .base import Model
+from ..floats import canonical_nan
 
 F32 = np.float32
 
@@ -65,10 +66,11 @@ class GPT2(Model):
         return x + self.mlp(i, self.layer_norm(f"h.{i}.ln_2", x))
 
     def forward(self, input_ids, attention_mask=None):
-        """Logits [B, T, V] (float32). Positions are 0..T-1 (right padding)."""
+        """Logits [B, T, V] (float32; NaN canonical, contract rule 12). Positions are 0..T-1
+        (right padding)."""
         ids, mask = self.check_inputs(input_ids, attention_mask)
         T = ids.shape[1]
         x = embedding_forward(ids, self.w("wte.weight"))[0] + self.w("wpe.weight")[:T]
         for i in range(self.config.n_layer):
             x = self.block(i, x, mask)
-        return self.linear("lm_head", self.layer_norm("ln_f", x))
+        return canonical_nan(self.linear("lm_head", self.layer_norm("ln_f", x)))

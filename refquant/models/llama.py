@@ -9,6 +9,7 @@ from weights_io.errors import ConfigError
 from ..nn import attention_forward, embedding_forward, rms_norm_forward, rope_forward, rope_tables
 from ..nn.activations import model_activation
 from .base import Model
+from ..floats import canonical_nan
 
 F32 = np.float32
 
@@ -84,10 +85,11 @@ class Llama(Model):
         return x + self.mlp(i, self.rms_norm(f"layers.{i}.post_attention_layernorm", x))
 
     def forward(self, input_ids, attention_mask=None):
-        """Logits [B, T, V] (float32). Positions are 0..T-1 (right padding)."""
+        """Logits [B, T, V] (float32; NaN canonical, contract rule 12). Positions are 0..T-1
+        (right padding)."""
         ids, mask = self.check_inputs(input_ids, attention_mask)
         cos, sin = rope_tables(np.arange(ids.shape[1]), self.config.head_dim, self.config.rope_theta)
         x = embedding_forward(ids, self.w("embed_tokens.weight"))[0]
         for i in range(self.config.num_hidden_layers):
             x = self.block(i, x, mask, cos, sin)
-        return self.linear("lm_head", self.rms_norm("norm", x))
+        return canonical_nan(self.linear("lm_head", self.rms_norm("norm", x)))

@@ -12,7 +12,9 @@ Exactness does not rest on luck. p is within TOLERANCE (relative) of scipy's flo
 scipy's float32 result can differ from float32(ours) only where a float32 rounding boundary
 lies within TOLERANCE of our value: float32(r * (1 - TOLERANCE)) != float32(r * (1 + TOLERANCE)).
 The kernel flags exactly those elements (24 per million) and they are recomputed with
-scipy itself. The largest error measured against scipy is 8.2e-15 (tests/test_nn_ops.py checks
+scipy itself. Every NaN out is the canonical one, bits 0x7FC00000 (numeric contract rule 12:
+GELU(-inf) is -inf * 0, and x86 would write 0xFFC00000; a NaN input would keep its payload).
+The largest error measured against scipy is 8.2e-15 (tests/test_nn_ops.py checks
 it stays below TOLERANCE / 100), and validation/check_erf_exhaustive.py found all 2.16e9
 float32 values in [-4, 4] identical to scipy (validation/results/erf_exhaustive.txt).
 """
@@ -23,6 +25,7 @@ from numpy.polynomial import chebyshev
 from scipy.special import erf as scipy_erf
 
 from .._numba import numba
+from ..floats import canonical_nan_value
 
 Z_MAX = 4.0          # float32(erf(z)) == 1 for every z >= 4 (erfc(4) = 1.54e-8 < 2^-25)
 U_MAX = Z_MAX * Z_MAX
@@ -82,7 +85,8 @@ def _erf32(z, c):
 @numba.njit(cache=True, parallel=True)
 def _erf_kernel(x, out, unsure, c):
     for j in numba.prange(x.size):  # (a count reduction here would stop LLVM vectorizing)
-        out[j], unsure[j] = _erf32(np.float64(x[j]), c)
+        e, unsure[j] = _erf32(np.float64(x[j]), c)
+        out[j] = canonical_nan_value(e)
 
 
 @numba.njit(cache=True, parallel=True)
@@ -90,7 +94,7 @@ def _gelu_kernel(x, out, unsure, c, inv_sqrt2):
     for j in numba.prange(x.size):
         v = x[j]
         e, unsure[j] = _erf32(np.float64(v * inv_sqrt2), c)
-        out[j] = (np.float32(0.5) * v) * (np.float32(1.0) + e)
+        out[j] = canonical_nan_value((np.float32(0.5) * v) * (np.float32(1.0) + e))
 
 
 @numba.njit(cache=True, parallel=True)
@@ -100,14 +104,15 @@ def _bias_gelu_kernel(x, bias, out, unsure, c, inv_sqrt2):
         for j in range(n):
             v = x[r, j] + bias[j]
             e, unsure[r, j] = _erf32(np.float64(v * inv_sqrt2), c)
-            out[r, j] = (np.float32(0.5) * v) * (np.float32(1.0) + e)
+            out[r, j] = canonical_nan_value((np.float32(0.5) * v) * (np.float32(1.0) + e))
 
 
 INV_SQRT2 = np.float32(1 / np.sqrt(2))
 
 
 def erf_float32(x: np.ndarray) -> np.ndarray:
-    """float32 erf of float32 ``x``: the bits of scipy.special.erf(x) (NaN stays NaN)."""
+    """float32 erf of float32 ``x``: the bits of scipy.special.erf(x) (NaN stays NaN, and is the
+    canonical NaN)."""
     x = np.ascontiguousarray(x, np.float32)
     out = np.empty_like(x)
     flat_x, flat_out = x.reshape(-1), out.reshape(-1)
@@ -122,7 +127,7 @@ def erf_float32(x: np.ndarray) -> np.ndarray:
 def gelu_erf_float32(x: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
     """0.5 * v * (1 + erf(v * float32(1/sqrt(2)))) with v = x (+ bias over the last axis, added
     first, in float32), each operation in float32 as written, erf with scipy.special.erf's
-    float32 bits."""
+    float32 bits; every NaN the canonical NaN."""
     x = np.ascontiguousarray(x, np.float32)
     out = np.empty_like(x)
     flat_x, flat_out = x.reshape(-1), out.reshape(-1)

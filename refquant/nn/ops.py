@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import erf
 
+from ..floats import canonical_nan
 from ._split import in_halves
 from .fast_erf import gelu_erf_float32
 from .fused import layer_norm_rows, masked_softmax_, residual_layer_norm_rows
@@ -82,8 +83,8 @@ def gelu_erf_forward(x, bias=None):
 
 
 def gelu_erf_reference(x):
-    """The scipy expression gelu_erf_forward reproduces bit for bit."""
-    return F32(0.5) * x * (F32(1) + erf(x * F32(1 / np.sqrt(2))))
+    """The scipy expression gelu_erf_forward reproduces bit for bit (its NaNs canonical, rule 12)."""
+    return canonical_nan(F32(0.5) * x * (F32(1) + erf(x * F32(1 / np.sqrt(2)))))
 
 
 def gelu_tanh_forward(x, bias=None):
