@@ -15,7 +15,7 @@ entropy, percentile, mse). Pure functions on a histogram: compute_amax_entropy,
 compute_amax_percentile, compute_amax_mse, merge_bins (TensorRT's P -> Q merge).
 """
 from .factory import CALIBRATORS, DEFAULT_PERCENTILE, make_observer
-from .histogram import (HistogramObserver, compute_amax_entropy, compute_amax_mse,
+from .histogram import (HistogramObserver, arange_float32, compute_amax_entropy, compute_amax_mse,
                         compute_amax_percentile, histc_float32, linspace_float32, merge_bins)
 from .observers import (EmaMaxObserver, MaxObserver, MinMaxObserver, MovingAverageMinMaxObserver,
                         PerChannelMaxObserver, PerChannelMinMaxObserver)
@@ -24,4 +24,5 @@ from ._base import Observer
 __all__ = ["Observer", "MaxObserver", "EmaMaxObserver", "MinMaxObserver", "MovingAverageMinMaxObserver",
            "PerChannelMaxObserver", "PerChannelMinMaxObserver", "HistogramObserver", "make_observer",
            "CALIBRATORS", "DEFAULT_PERCENTILE", "compute_amax_entropy", "compute_amax_percentile",
-           "compute_amax_mse", "merge_bins", "histc_float32", "linspace_float32"]
+           "compute_amax_mse", "merge_bins", "histc_float32", "linspace_float32",
+           "arange_float32"]
