@@ -388,7 +388,7 @@ def check_q8bert_ema(rep, torch, rng):
     try:
         from nlp_architect.nn.torch.quantization import QuantizedLinear
     except ImportError as e:
-        print(f"[calib] Q8BERT EMA skipped: nlp-architect is not installed ({e})")
+        rep.skip_missing("nlp-architect", e, "pip install --no-deps nlp-architect", part="Q8BERT EMA")
         return
     chk = rep.check("nlp-architect QuantizedLinear._update_ema (Q8BERT) vs EmaMaxObserver")
     for i in range(120):
@@ -411,8 +411,8 @@ def run() -> C.Report:
     try:
         torch, mo_hist, MaxCalibrator = _lib()
     except ImportError as e:
-        rep.skipped = f"torch or nvidia-modelopt is not installed ({e})"
-        return rep.finish()
+        return rep.skip_missing("torch or nvidia-modelopt", e, "pip install --no-deps nvidia-modelopt "
+                                "requests urllib3 certifi omegaconf pulp")
     rng = np.random.default_rng(C.SEED + 7)
     check_torch_kernels(rep, torch, rng)
     import modelopt
