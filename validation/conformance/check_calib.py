@@ -257,6 +257,9 @@ def check_multibatch_heavy_tails(rep, torch, mo_hist, rng, cases=300):
     while searched < cases and tries < 4 * cases:
         tries += 1
         batches, inputs = heavy_tailed_batches(rng)
+        if tries % 10 == 0:   # a last batch 600x wider: growth past 32768 edges (with 2 threads below)
+            batches[-1] = (batches[-1] * F32(600)).astype(F32)
+            inputs["last batch x600"] = True
         num_bins = int(rng.choice([64, 128, 256]))
         threads = 2 if tries % 5 == 0 else default_threads   # arange splits by thread beyond 32768 edges
         torch.set_num_threads(threads)
