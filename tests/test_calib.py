@@ -502,6 +502,8 @@ def test_make_observer_methods():
     lambda: HistogramObserver(method="percentile"),
     lambda: HistogramObserver(num_bins=1),
     lambda: HistogramObserver(torch_threads=0),
+    lambda: arange_float32(0.5, -1),
+    lambda: arange_float32(0.5, 10, threads=0),
     lambda: make_observer("entropy", torch_threads=1.5),
     lambda: EmaMaxObserver(decay=1.5),
     lambda: MovingAverageMinMaxObserver(averaging_constant=-0.1),

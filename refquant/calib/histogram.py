@@ -80,6 +80,10 @@ def arange_float32(step, count: int, threads: int = 1) -> np.ndarray:
     follow at::parallel_for (see _aten_parallel_chunks), so beyond 32768 elements the result
     depends on torch.get_num_threads(), passed here as ``threads``.
     """
+    if not (isinstance(count, (int, np.integer)) and count >= 0):
+        raise ConfigError(f"arange_float32: count must be an integer >= 0, got {count!r}")
+    if not (isinstance(threads, (int, np.integer)) and threads >= 1):
+        raise ConfigError(f"arange_float32: threads must be an integer >= 1, got {threads!r}")
     step = np.float64(F32(step))
     out = (np.arange(count, dtype=np.float64) * step).astype(F32)
     block = 2 * ARANGE_LANES
@@ -376,7 +380,7 @@ class HistogramObserver(Observer):
             # ModelOpt modelopt/torch/quantization/calib/histogram.py:124 (0.47.0) makes the new
             # edges with torch.arange(0, x_max + width, width). On CPU, torch writes arange's
             # 8-lane SIMD blocks as float32(float32(k0 * w) + j * w), two roundings, so about
-            # one grown edge in four is 1 ulp off k * w; an amax that lands on such an edge
+            # one grown edge in five is 1 ulp off k * w; an amax that lands on such an edge
             # (entropy, percentile: edges[i]; mse: a centre next to it) differed by 1 ulp while
             # refquant computed k * w rounded once. arange_float32 is torch's kernel.
             edges = arange_float32(width, nb + 1, self.torch_threads)
