@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import assume, given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 from scipy.stats import entropy
 
@@ -211,7 +211,10 @@ def test_multibatch_heavy_tails_match_modelopt_bit_for_bit(seed, num_bins, start
     start_bin = min(start_bin, num_bins // 2)   # mse needs a candidate below the last centre
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        lib, obs = check_calib._collect_both(torch, mo_hist, batches, num_bins)
+        try:
+            lib, obs = check_calib._collect_both(torch, mo_hist, batches, num_bins)
+        except rqe.CalibrationError:   # growth past max_bins: refused by design, ModelOpt allocates
+            assume(False)
         assert same_bits(obs.edges, lib._calib_bin_edges.numpy())
         assert np.array_equal(obs.hist, lib._calib_hist.int().numpy())
         for p in (99.0, 99.99, 100.0):
