@@ -2,13 +2,18 @@
 
 Bit-exact claims compare bytes. The live comparison with ModelOpt / torch / nlp-architect is
 validation/conformance/check_calib.py; here the searches are checked against hand-computed
-vectors and a line-by-line transcription of ModelOpt's entropy loop.
+vectors and a line-by-line transcription of ModelOpt's entropy loop, the grown edges against
+torch's CPU arange (bits fixed in the test, and torch itself when installed), and multi-batch
+heavy-tailed draws against ModelOpt's HistogramCalibrator when ModelOpt is importable.
 """
+import sys
+import warnings
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import assume, given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 from scipy.stats import entropy
 
@@ -16,7 +21,7 @@ import refquant.errors as rqe
 from refquant.calib import (CALIBRATORS, EmaMaxObserver, HistogramObserver, MaxObserver,
                             MinMaxObserver, MovingAverageMinMaxObserver, PerChannelMaxObserver,
                             PerChannelMinMaxObserver, compute_amax_entropy, compute_amax_mse,
-                            compute_amax_percentile, make_observer, merge_bins)
+                            arange_float32, compute_amax_percentile, make_observer, merge_bins)
 
 F32 = np.float32
 SMALL = dict(num_bins=64)                       # histogram sizes that keep the tests fast
@@ -129,6 +134,98 @@ def test_histogram_growth_keeps_width():
     assert len(obs.edges) == 21 and same_bits(obs.edges, (np.arange(21) * 0.125).astype(F32))
     assert obs.hist.tolist() == [0] * 7 + [1] + [0] * 11 + [1]
     assert same_bits(obs.edges[1] - obs.edges[0], w)
+
+
+def test_grown_edges_are_torch_cpu_arange_with_its_twice_rounded_lanes():
+    # w = float32(1.1) / 32; the second batch grows 32 bins to 52. torch's CPU arange (ModelOpt's
+    # new edges) writes edge 25 as float32(float32(24 w) + w) = 0x3f5c0001, one ulp above
+    # float32(25 w) = 0x3f5c0000; 100 values in bin 25 put the percentile-50 and entropy amax
+    # on that edge. Expected bits: ModelOpt 0.47.0 HistogramCalibrator on torch 2.13 CPU.
+    w = np.float64(F32(F32(1.1) / F32(32)))
+    second = np.concatenate([np.full(100, F32(25.5 * w), F32), np.array([1.76], F32)])
+    obs = observed(HistogramObserver(num_bins=32), np.array([1.1], F32), second)
+    assert len(obs.edges) == 53 and obs.hist[25] == 100 and obs.hist.sum() == 102
+    edge_bits = obs.edges.view(np.uint32)
+    assert [hex(edge_bits[k]) for k in (25, 26, 41, 46)] == ["0x3f5c0001", "0x3f64ccce", "0x3fb46666",
+                                                              "0x3fca6666"]
+    once = (np.arange(53) * w).astype(F32)
+    assert np.flatnonzero(obs.edges != once).tolist() == [25, 26, 41, 46]
+    assert F32(obs.amax_percentile(50)).view(np.uint32) == 0x3F5C0001
+    assert F32(obs.amax_entropy(start_bin=16)).view(np.uint32) == 0x3F5C0001
+    assert F32(obs.amax_mse(start_bin=16)).view(np.uint32) == 0x3FE2999A
+
+
+@settings(max_examples=60, deadline=None)
+@given(step=st.floats(float(F32(1e-30)), float(F32(1e30)), width=32), count=st.integers(0, 70000),
+       threads=st.integers(1, 4))
+def test_arange_float32_is_k_step_except_inside_simd_blocks(step, count, threads):
+    got = arange_float32(step, count, threads)
+    once = (np.arange(count) * np.float64(F32(step))).astype(F32)
+    assert got.dtype == F32 and got.shape == (count,)
+    # every element is within one ulp of k * step rounded once
+    ulps = np.abs(got.view(np.int32).astype(np.int64) - once.view(np.int32).astype(np.int64))
+    assert ulps.max(initial=0) <= 1
+    if count <= 32768 or threads == 1:
+        # one parallel range: exact on the first lane of each 16-element block of two 8-lane
+        # vectors and on the scalar tail; the thread count cannot matter
+        n_vec = count // 16 * 16
+        exact = np.r_[np.arange(0, n_vec, 8), np.arange(n_vec, count)]
+        assert same_bits(got[exact], once[exact])
+        assert same_bits(got[:25], once[:25])   # blocks at 0, 8, 16: k0 * step exact
+    if count <= 32768:
+        assert same_bits(got, arange_float32(step, count, 1 + threads))
+
+
+@settings(max_examples=40, deadline=None)
+@given(step=st.floats(float(F32(1e-6)), 1e3, width=32), count=st.one_of(st.integers(2, 3000), st.integers(32760, 70000)),
+       threads=st.integers(1, 3))
+def test_arange_float32_equals_torch_cpu_arange(step, count, threads):
+    torch = pytest.importorskip("torch")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        want = torch.arange(0, count * float(step), float(step), dtype=torch.float32).numpy()
+    finally:
+        torch.set_num_threads(before)
+    assert same_bits(arange_float32(step, want.size, threads), want)
+
+
+def modelopt_calib():
+    """ModelOpt's histogram module and check_calib's draws and helpers (skip without ModelOpt)."""
+    pytest.importorskip("torch")
+    mo_hist = pytest.importorskip("modelopt.torch.quantization.calib.histogram")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "validation" / "conformance"))
+    import check_calib
+    return mo_hist, check_calib
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 2 ** 32 - 1), num_bins=st.sampled_from([32, 64, 128]),
+       start_bin=st.sampled_from([8, 16, 32]))
+def test_multibatch_heavy_tails_match_modelopt_bit_for_bit(seed, num_bins, start_bin):
+    # Student t batches (1.5-10 dof) of sizes 1-6000 growing, shrinking or wandering in scale
+    # (check_calib.heavy_tailed_batches); ModelOpt's own collect and compute_amax.
+    import torch
+    mo_hist, check_calib = modelopt_calib()
+    batches, _ = check_calib.heavy_tailed_batches(np.random.default_rng(seed))
+    start_bin = min(start_bin, num_bins // 2)   # mse needs a candidate below the last centre
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            lib, obs = check_calib._collect_both(torch, mo_hist, batches, num_bins)
+        except rqe.CalibrationError:   # growth past max_bins: refused by design, ModelOpt allocates
+            assume(False)
+        assert same_bits(obs.edges, lib._calib_bin_edges.numpy())
+        assert np.array_equal(obs.hist, lib._calib_hist.int().numpy())
+        for p in (99.0, 99.99, 100.0):
+            assert same_bits(F32(obs.amax_percentile(p)), lib.compute_amax("percentile", percentile=p).numpy())
+        if len(obs.hist) <= 600:   # ModelOpt's entropy loop is O(bins^2) in Python
+            assert same_bits(F32(obs.amax_entropy(start_bin=start_bin)),
+                             lib.compute_amax("entropy", start_bin=start_bin).numpy())
+            with check_calib._patched(mo_hist, "fake_tensor_quant",
+                                      check_calib._intended_fake_tensor_quant(mo_hist)):
+                want = lib.compute_amax("mse", start_bin=start_bin).numpy()
+            assert same_bits(F32(obs.amax_mse(start_bin=start_bin)), want)
 
 
 # ---------------------------------------------------------------------------------------
@@ -407,6 +504,10 @@ def test_make_observer_methods():
     lambda: make_observer("mse", num_bits=9),
     lambda: HistogramObserver(method="percentile"),
     lambda: HistogramObserver(num_bins=1),
+    lambda: HistogramObserver(torch_threads=0),
+    lambda: arange_float32(0.5, -1),
+    lambda: arange_float32(0.5, 10, threads=0),
+    lambda: make_observer("entropy", torch_threads=1.5),
     lambda: EmaMaxObserver(decay=1.5),
     lambda: MovingAverageMinMaxObserver(averaging_constant=-0.1),
     lambda: observed(HistogramObserver(), [1.0]).amax_percentile(0),

@@ -15,7 +15,7 @@ entropy, percentile, mse). Pure functions on a histogram: compute_amax_entropy,
 compute_amax_percentile, compute_amax_mse, merge_bins (TensorRT's P -> Q merge).
 """
 from .factory import CALIBRATORS, DEFAULT_PERCENTILE, make_observer
-from .histogram import (HistogramObserver, compute_amax_entropy, compute_amax_mse,
+from .histogram import (HistogramObserver, arange_float32, compute_amax_entropy, compute_amax_mse,
                         compute_amax_percentile, histc_float32, linspace_float32, merge_bins)
 from .observers import (EmaMaxObserver, MaxObserver, MinMaxObserver, MovingAverageMinMaxObserver,
                         PerChannelMaxObserver, PerChannelMinMaxObserver)
@@ -26,4 +26,5 @@ observer = make_observer   # the name of the public API v1 (docs/DESIGN.md): rq.
 __all__ = ["Observer", "MaxObserver", "EmaMaxObserver", "MinMaxObserver", "MovingAverageMinMaxObserver",
            "PerChannelMaxObserver", "PerChannelMinMaxObserver", "HistogramObserver", "make_observer", "observer",
            "CALIBRATORS", "DEFAULT_PERCENTILE", "compute_amax_entropy", "compute_amax_percentile",
-           "compute_amax_mse", "merge_bins", "histc_float32", "linspace_float32"]
+           "compute_amax_mse", "merge_bins", "histc_float32", "linspace_float32",
+           "arange_float32"]

@@ -14,9 +14,9 @@ _OPTIONS = {
     "ema": {"decay"},
     "minmax": {"axis"},
     "moving_minmax": {"averaging_constant"},
-    "entropy": {"num_bins", "num_bits", "unsigned", "stride", "start_bin"},
-    "percentile": {"num_bins", "percentile"},
-    "mse": {"num_bins", "num_bits", "unsigned", "stride", "start_bin"},
+    "entropy": {"num_bins", "torch_threads", "num_bits", "unsigned", "stride", "start_bin"},
+    "percentile": {"num_bins", "torch_threads", "percentile"},
+    "mse": {"num_bins", "torch_threads", "num_bits", "unsigned", "stride", "start_bin"},
 }
 
 DEFAULT_PERCENTILE = 99.999  # NVIDIA's whitepaper recipe (ModelOpt's own default is 99.99)
@@ -32,7 +32,7 @@ def make_observer(method: str, name: str = "x", **options):
     entropy, percentile, mse
                    HistogramObserver(num_bins=2048, method=...) whose amax() runs that search;
                    percentile defaults to 99.999; entropy / mse take num_bits, unsigned,
-                   stride, start_bin.
+                   stride, start_bin; all three take torch_threads (see HistogramObserver).
     An unknown method or option raises ConfigError.
     """
     if method not in _OPTIONS:

@@ -48,6 +48,54 @@ def linspace_float32(end, steps: int) -> np.ndarray:
     return out
 
 
+# ATen's CPU arange writes contiguous float32 output in blocks of two 8-lane vectors (Vectorized<float>
+# ::size() is 8 in torch 2.13's x86 builds: measured under ATEN_CPU_CAPABILITY default, avx2 and
+# avx512 alike) and splits the range into threads only beyond at::internal::GRAIN_SIZE elements.
+ARANGE_LANES = 8
+ATEN_GRAIN_SIZE = 32768
+
+
+def _aten_parallel_chunks(count: int, threads: int) -> list:
+    """The [begin, end) ranges at::parallel_for(0, count, GRAIN_SIZE, f) hands to f (OpenMP build:
+    aten/src/ATen/ParallelOpenMP.h invoke_parallel): one range up to GRAIN_SIZE elements or with
+    one thread; else min(threads, ceil(count / GRAIN_SIZE)) ranges of ceil(count / that) each."""
+    if count <= ATEN_GRAIN_SIZE or threads <= 1:
+        return [(0, count)]
+    tasks = min(threads, -(-count // ATEN_GRAIN_SIZE))
+    chunk = -(-count // tasks)
+    return [(b, min(count, b + chunk)) for b in range(0, count, chunk)]
+
+
+def arange_float32(step, count: int, threads: int = 1) -> np.ndarray:
+    """The first ``count`` elements of torch.arange(0, end, step) in float32, as torch 2.13's CPU
+    kernel computes them (aten/src/ATen/native/cpu/RangeFactoriesKernel.cpp, arange_kernel).
+
+    start and step are double there (acc_type<float>). Element k is one of two things:
+    - scalar path: float32(k * step), one rounding (k * step is exact in double);
+    - vector path, for the lanes of each full block of 2 x ARANGE_LANES elements of a
+      parallel_for range: ``Vectorized<float>::arange(start + step * k0, step)`` rounds the
+      block's first element to float32 (its ``float base`` parameter) and makes lane j as
+      float32(double(base) + j * step): TWO roundings, so lane j can sit 1 ulp off k * step.
+    The trailing count % (2 x ARANGE_LANES) elements of each range take the scalar path. Ranges
+    follow at::parallel_for (see _aten_parallel_chunks), so beyond 32768 elements the result
+    depends on torch.get_num_threads(), passed here as ``threads``.
+    """
+    if not (isinstance(count, (int, np.integer)) and count >= 0):
+        raise ConfigError(f"arange_float32: count must be an integer >= 0, got {count!r}")
+    if not (isinstance(threads, (int, np.integer)) and threads >= 1):
+        raise ConfigError(f"arange_float32: threads must be an integer >= 1, got {threads!r}")
+    step = np.float64(F32(step))
+    out = (np.arange(count, dtype=np.float64) * step).astype(F32)
+    block = 2 * ARANGE_LANES
+    for begin, end in _aten_parallel_chunks(count, threads):
+        n_vec = (end - begin) // block * block
+        i = np.arange(n_vec)
+        lane = i % ARANGE_LANES
+        base = ((begin + i - lane) * step).astype(F32).astype(np.float64)
+        out[begin:begin + n_vec] = (base + lane * step).astype(F32)
+    return out
+
+
 def histc_float32(values: np.ndarray, bins: int, hi) -> np.ndarray:
     """torch.histc(values, bins, min=0, max=hi) for float32 values >= 0, as int64 counts.
 
@@ -213,8 +261,9 @@ class HistogramObserver(Observer):
     - first batch: ``torch.histc(|x|, num_bins, min=0, max=m)`` with m = max|x| and edges
       ``torch.linspace(0, m, num_bins + 1)`` (float32; see linspace_float32);
     - later batch with max|x| = m > edges[-1]: the bin width w = edges[1] - edges[0] is KEPT,
-      num_bins := ceil(float32(m / w)) and the edges become k * w (float32, one rounding; what
-      ``torch.arange(0, m + w, w)`` gives), k = 0..num_bins;
+      num_bins := ceil(float32(m / w)) and the edges become ``torch.arange(0, m + w, w)`` as
+      torch's CPU kernel computes it (arange_float32: k * w rounded once, except the SIMD lanes,
+      rounded twice), k = 0..num_bins;
     - every later batch: ``torch.histc(|x|, num_bins, min=0, max=edges[-1])`` with the current
       num_bins, its counts added to the previous ones in the first bins.
     Bin rule: histc_float32 (torch's float32 ``x * bins / max``, truncated).
@@ -224,15 +273,16 @@ class HistogramObserver(Observer):
       linspace(0, 0) and the next nonzero batch dies (width 0, ``int(inf)`` OverflowError).
       Here its values are counted once the first nonzero batch fixes the edges (in bin 0,
       where histc puts zeros); if no nonzero batch ever comes, every amax is 0.0;
-    - if float32(m / w) rounds down onto an integer n below the real m / w, then n * w < m and
-      one more bin is added here so that m is counted; ModelOpt keeps n bins and histc spreads
-      them up to arange's last edge, usually (n + 1) * w (a rarity: m / w within 2^-24 of n).
+    - ModelOpt sizes a grown histogram twice: ceil(float32(m / w)) bins for histc and
+      ceil(float32(m + w) / w) (double division) edges from arange. When m / w lies within
+      about 2^-24 (relative) of an integer they can disagree: num_bins + 2 edges, the histc
+      bins then wider than w, or a last edge below m, m then left uncounted. Here there are
+      always num_bins + 1 edges, num_bins raised until the last edge reaches m.
     - growth beyond ``max_bins`` bins (default 2^22; e.g. a first batch of max 1e-6 followed
       by data up to 1e3) raises CalibrationError naming the site; ModelOpt allocates them.
     - ModelOpt's torch_hist=False path (np.histogram over [min|x|, max|x|]) is not offered.
-    - edges from torch's CPU ``arange`` differ: its AVX kernels compute lanes as
-      float32(float32(k0 * w) + j * w), two roundings, so some extended edges (not the first
-      batch's linspace edges) are 1 ulp off k * w on CPU; k * w is torch's scalar/CUDA value.
+    - ModelOpt on a GPU gets CUDA's arange (k * w rounded once) and CUDA's histc bin rule;
+      refquant follows the CPU kernels.
 
     Batch split: the result DEPENDS on the split. The first batch with a nonzero max fixes the
     bin width w = max|x_first| / num_bins for good, and with it the resolution and the
@@ -249,21 +299,28 @@ class HistogramObserver(Observer):
     Options (``method`` chooses what ``amax()`` computes; the amax_* methods work regardless):
       num_bins   bins of the first histogram (2048); its width is kept when the range grows
       max_bins   the most bins growth may reach (CalibrationError beyond)
+      torch_threads  torch.get_num_threads() of the run reproduced: torch's CPU arange splits
+                 its range across threads beyond 32768 edges, which moves its SIMD blocks
+                 (arange_float32); no effect on smaller histograms
       method     None (amax() = the running max|x|), "entropy", "percentile" or "mse"
       options    those of the chosen method: percentile (required for "percentile");
                  num_bits, unsigned, stride, start_bin for "entropy" / "mse".
     """
 
     def __init__(self, num_bins: int = 2048, name: str = "x", method: str | None = None,
-                 max_bins: int = 1 << 22, **options):
+                 max_bins: int = 1 << 22, torch_threads: int = 1, **options):
         if not (isinstance(num_bins, (int, np.integer)) and num_bins >= 2):
             raise ConfigError(f"HistogramObserver({name!r}): num_bins must be an integer >= 2, "
                               f"got {num_bins!r}")
         if not (isinstance(max_bins, (int, np.integer)) and max_bins >= num_bins):
             raise ConfigError(f"HistogramObserver({name!r}): max_bins must be an integer >= num_bins, "
                               f"got {max_bins!r}")
+        if not (isinstance(torch_threads, (int, np.integer)) and torch_threads >= 1):
+            raise ConfigError(f"HistogramObserver({name!r}): torch_threads must be an integer >= 1, "
+                              f"got {torch_threads!r}")
         self.num_bins = int(num_bins)
         self.max_bins = int(max_bins)
+        self.torch_threads = int(torch_threads)
         if method is not None and method not in METHODS:
             raise ConfigError(f"HistogramObserver({name!r}): unknown method {method!r}; known: "
                               f"{', '.join(METHODS)} (or None for the plain max|x|)")
@@ -320,9 +377,17 @@ class HistogramObserver(Observer):
                     f"more than max_bins={self.max_bins}. Start with a batch of representative "
                     "range, or raise max_bins")
             nb = math.ceil(ratio)
-            while F32(np.float64(nb) * np.float64(width)) < m:  # see the class docstring
+            # ModelOpt modelopt/torch/quantization/calib/histogram.py:124 (0.47.0) makes the new
+            # edges with torch.arange(0, x_max + width, width). On CPU, torch writes arange's
+            # 8-lane SIMD blocks as float32(float32(k0 * w) + j * w), two roundings, so about
+            # one grown edge in five is 1 ulp off k * w; an amax that lands on such an edge
+            # (entropy, percentile: edges[i]; mse: a centre next to it) differed by 1 ulp while
+            # refquant computed k * w rounded once. arange_float32 is torch's kernel.
+            edges = arange_float32(width, nb + 1, self.torch_threads)
+            while edges[-1] < m:  # see the class docstring (m / width within 2^-24 of an integer)
                 nb += 1
-            self._edges = (np.arange(nb + 1, dtype=np.float64) * np.float64(width)).astype(F32)
+                edges = arange_float32(width, nb + 1, self.torch_threads)
+            self._edges = edges
         counts = histc_float32(a, len(self._edges) - 1, self._edges[-1])
         counts[: len(self._hist)] += self._hist
         self._hist = counts
@@ -383,4 +448,5 @@ class HistogramObserver(Observer):
 
     def _options(self):
         opts = "".join(f", {k}={v!r}" for k, v in sorted(self.options.items()))
-        return f"num_bins={self.num_bins}, method={self.method!r}{opts}"
+        threads = f", torch_threads={self.torch_threads}" if self.torch_threads != 1 else ""
+        return f"num_bins={self.num_bins}, method={self.method!r}{threads}{opts}"

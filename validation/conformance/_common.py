@@ -9,6 +9,11 @@ integers by value, and shapes equal.
 Checks marked ``informational`` are printed in their own section and never fail a run; every
 other check (including the non-finite ones compared against ``stack_artifacts=True``) fails
 the run on any mismatch.
+
+Skips: a script (or part of one) whose optional package is missing checks nothing, and that
+must not read as a pass. ``Report.skip_missing`` records it; the script prints a SKIPPED line
+and exits SKIP_EXIT (77), or 1 when the environment variable CI is set (``.ci/run``), where a
+skipped check fails the run. run_all.py applies the same rule to the whole run.
 """
 from __future__ import annotations
 
@@ -22,6 +27,25 @@ F32 = np.float32
 FBGEMM_SCALE = F32(0.00214854861)   # pytorch/FBGEMM QuantUtils.h comment
 FBGEMM_X = F32(0.273939937)         # x*(1/s) = 127.5 exactly, x/s = 127.49999
 SEED = 20260822
+SKIP_EXIT = 77   # "skipped", the automake test-harness convention: neither a pass nor a mismatch
+
+
+def skips_fail() -> bool:
+    """True when CI is set (CI=true, exported by .ci/run; not "", "0", "false", "no"): there a
+    check that was skipped for a missing package fails the run instead of being reported."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def skipped_exit_code() -> int:
+    """The exit status of a run that passed what it checked but skipped something."""
+    return 1 if skips_fail() else SKIP_EXIT
+
+
+def missing_package(package: str, error: ImportError | None = None, install: str = "") -> str:
+    """The one-line reason given for every skip caused by a missing optional package."""
+    why = f" ({error})" if error is not None else ""
+    how = f"; {install}" if install else ""
+    return f"{package} is not installed{why}{how}"
 
 
 def set_threads():
@@ -181,7 +205,29 @@ class Report:
         self.checks: list[Check] = []
         self.t0 = time.perf_counter()
         self.seconds = 0.0
-        self.skipped: str | None = None
+        self.skipped: str | None = None      # why nothing at all was checked
+        self.skipped_parts: list[str] = []   # "part: why" for each part left out
+
+    def skip_missing(self, package: str, error: ImportError | None = None, install: str = "",
+                     part: str | None = None):
+        """Record a skip for a missing optional package: the whole report (part None; returns
+        the finished report, for ``return rep.skip_missing(...)``) or one part of it."""
+        reason = missing_package(package, error, install)
+        if part is None:
+            self.skipped = reason
+            return self.finish()
+        self.skipped_parts.append(f"{part}: {reason}")
+        return self
+
+    @property
+    def any_skipped(self) -> bool:
+        return bool(self.skipped or self.skipped_parts)
+
+    def skip_lines(self) -> list:
+        """One SKIPPED line per skip (none if nothing was skipped)."""
+        if self.skipped:
+            return [f"[{self.stack}] SKIPPED: {self.skipped}"]
+        return [f"[{self.stack}] SKIPPED part {p}" for p in self.skipped_parts]
 
     def check(self, name, informational=False, section="main") -> Check:
         c = Check(name, informational, section)
@@ -205,9 +251,9 @@ class Report:
 
     def print(self, final_line=True, file=sys.stdout):
         if self.skipped:
-            print(f"[{self.stack}] skipped: {self.skipped}", file=file)
+            print(self.skip_lines()[0], file=file)
             if final_line:
-                print("conformance: 0 passed, 0 failed", file=file)
+                print(f"conformance: 0 passed, 0 failed, SKIPPED: nothing was checked{ci_note()}", file=file)
             return
         sections = []
         for c in self.checks:
@@ -231,15 +277,28 @@ class Report:
         n_bad_checks = sum(1 for c in self.gating() if not c.ok)
         print(f"[{self.stack}] {len(self.gating())} checks, {n_bad_checks} with mismatches; "
               f"{sum(c.elements for c in self.gating())} values compared; {self.seconds:.1f} s", file=file)
+        for line in self.skip_lines():
+            print(line, file=file)
         if final_line:
-            print(f"conformance: {self.passed} passed, {self.failed} failed", file=file)
+            skipped = (f", {len(self.skipped_parts)} part(s) SKIPPED{ci_note()}"
+                       if self.skipped_parts else "")
+            print(f"conformance: {self.passed} passed, {self.failed} failed{skipped}", file=file)
 
     def exit_code(self) -> int:
-        return 1 if self.failed else 0
+        """1 on any gating mismatch; else skipped_exit_code() if anything was skipped; else 0."""
+        if self.failed:
+            return 1
+        return skipped_exit_code() if self.any_skipped else 0
+
+
+def ci_note() -> str:
+    """The words added to a skip's summary line under CI."""
+    return " (CI is set: a skipped check fails the run)" if skips_fail() else ""
 
 
 def script_main(run):
-    """Entry point of a single script: run(), print, exit 1 on any gating mismatch."""
+    """Entry point of a single script: run(), print, exit 1 on any gating mismatch, SKIP_EXIT
+    (1 under CI) if something was skipped for a missing package (Report.exit_code)."""
     rep = run()
     rep.print()
     sys.exit(rep.exit_code())

@@ -278,8 +278,7 @@ def run() -> C.Report:
     try:
         L = _lib()
     except ImportError as e:
-        rep.skipped = f"compressed-tensors (or torch) is not installed ({e})"
-        return rep.finish()
+        return rep.skip_missing("compressed-tensors (or torch)", e)
     rng = np.random.default_rng(C.SEED + 2)
     info_zero = rep.check("compressed_tensors all-zero slice, asymmetric: scale / zero point vs "
                           "dialect(stack_artifacts=True)")

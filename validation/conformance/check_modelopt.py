@@ -108,9 +108,8 @@ def run() -> C.Report:
     try:
         torch, tq = _lib()
     except ImportError as e:
-        rep.skipped = (f"nvidia-modelopt is not installed ({e}); pip install --no-deps nvidia-modelopt "
-                       "requests urllib3 certifi omegaconf pulp")
-        return rep.finish()
+        return rep.skip_missing("nvidia-modelopt", e, "pip install --no-deps nvidia-modelopt "
+                                "requests urllib3 certifi omegaconf pulp")
     rng = np.random.default_rng(C.SEED + 3)
     check_fake_quant(rep, torch, tq, rng, per_channel=False)
     import modelopt

@@ -200,8 +200,8 @@ def main() -> int:
         import torch
         import transformers
     except ImportError as e:
-        print(f"{e.name} is not installed: skipped\nmodels: 0 passed, 0 failed")
-        return 0
+        print(f"[models] SKIPPED: {C.missing_package(e.name, e)}\nmodels: 0 passed, 0 failed, SKIPPED")
+        return C.skipped_exit_code()
     torch.set_num_threads(2)
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()

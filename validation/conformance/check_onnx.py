@@ -681,8 +681,7 @@ def run() -> C.Report:
     try:
         onnx = _onnx()[0]
     except ImportError as e:
-        rep.skipped = f"onnx is not installed ({e})"
-        return rep.finish()
+        return rep.skip_missing("onnx", e)
     rng = np.random.default_rng(C.SEED)
     models = Models()
     types, notes = _types(models)

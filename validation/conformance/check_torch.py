@@ -472,8 +472,7 @@ def run() -> C.Report:
     try:
         torch = _torch()
     except ImportError as e:
-        rep.skipped = f"torch is not installed ({e})"
-        return rep.finish()
+        return rep.skip_missing("torch", e)
     rng = np.random.default_rng(C.SEED + 1)
     check_fake_quant_per_tensor(rep, torch, rng, tensor_qparams=False)
     rep.checks[0].notes.insert(0, f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), "

@@ -2,7 +2,10 @@
 script's checks, a summary table and one final line ``conformance: N passed, M failed``
 (N, M: cases of the gating checks, over all stacks). Exit 1 on any failure.
 
-A stack whose library is not installed is skipped with a message (its cases count as 0).
+A stack whose library is not installed, or a part of one, is SKIPPED with a one-line reason
+(its cases count as 0) and listed as skipped in the summary, never as passed. Exit status: 1 on
+any failure; else, if anything was skipped, 77 (_common.SKIP_EXIT), or 1 when the environment
+variable CI is set (.ci/run exports CI=true): in CI a check that ran nothing fails the run; else 0.
 
 Run: /work/venv/bin/python validation/conformance/run_all.py [onnx|torch|compressed_tensors ...]
 """
@@ -62,9 +65,7 @@ def run_stack(stack: str) -> C.Report:
     module, libs = STACKS[stack]
     missing = [lib for lib in libs if importlib.util.find_spec(lib) is None]
     if missing:
-        rep = C.Report(stack)
-        rep.skipped = f"{', '.join(missing)} not installed"
-        return rep.finish()
+        return C.Report(stack).skip_missing(", ".join(missing))
     mod = importlib.import_module(module)
     return mod.run()
 
@@ -92,12 +93,14 @@ def main(argv=None) -> int:
     passed = failed = 0
     for rep in reports:
         if rep.skipped:
-            print(f"{rep.stack:<20s} skipped: {rep.skipped}")
+            print(f"{rep.stack:<20s} SKIPPED: {rep.skipped}")
             continue
         gating = rep.gating()
         info_bad = sum(c.cases - c.exact for c in rep.checks if c.informational)
         print(f"{rep.stack:<20s} {len(gating):6d} {sum(1 for c in gating if not c.ok):7d} "
               f"{sum(c.cases for c in gating):7d} {rep.passed:9d} {rep.failed:7d} {info_bad:13d} {rep.seconds:8.1f}")
+        for part in rep.skipped_parts:
+            print(f"{'':<20s} SKIPPED part {part}")
         passed += rep.passed
         failed += rep.failed
     failing = [f"{rep.stack}: {c.name}" for rep in reports for c in rep.gating() if not c.ok]
@@ -105,9 +108,16 @@ def main(argv=None) -> int:
         print("\nfailing checks:")
         for f in failing:
             print(f"  {f}")
+    skipped = [rep.stack for rep in reports if rep.any_skipped]
     print(f"\ntotal {total:.1f} s")
-    print(f"conformance: {passed} passed, {failed} failed")
-    return 1 if failed else 0
+    note = ""
+    if skipped:
+        note = (f", SKIPPED (in whole or part): {', '.join(skipped)}"
+                + C.ci_note())
+    print(f"conformance: {passed} passed, {failed} failed{note}")
+    if failed:
+        return 1
+    return C.skipped_exit_code() if skipped else 0
 
 
 if __name__ == "__main__":
