@@ -435,6 +435,34 @@ def test_gpu_check_script():
     if done.returncode != 2 and "compute capability" in done.stdout:
         pytest.skip("this machine has a GPU")
     assert done.returncode == 2 and done.stderr.startswith("gpu_check: no GPU") and done.stderr.count("\n") == 1
+    done = subprocess.run([sys.executable, script, "--sanitize"], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "NUMBA_ENABLE_CUDASIM": "1"})  # --sanitize wants the real GPU
+    if done.returncode != 2 and "compute-sanitizer" in done.stdout:
+        pytest.skip("this machine has a GPU")
+    assert done.returncode == 2 and done.stderr.startswith("gpu_check: no GPU") and done.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("racecheck, memcheck, failures", [
+    ("RACECHECK SUMMARY: 0 hazards displayed (0 errors, 0 warnings)", "ERROR SUMMARY: 0 errors", 0),
+    ("RACECHECK SUMMARY: 3 hazards displayed (0 errors, 3 warnings)", "ERROR SUMMARY: 0 errors", 1),
+    ("RACECHECK SUMMARY: 0 hazards displayed (0 errors, 0 warnings)", "ERROR SUMMARY: 2 errors", 1),
+    ("", "ERROR SUMMARY: 0 errors", 1)])  # no summary: the sanitizer did not report, nothing is proven
+def test_gpu_check_sanitize_fails_on_any_hazard_or_error(tmp_path, monkeypatch, racecheck, memcheck, failures):
+    """gpu_check --sanitize's verdict, with a stand-in compute-sanitizer on PATH that prints the
+    real tool's summary lines (the real one needs a GPU)."""
+    fake = tmp_path / "compute-sanitizer"
+    fake.write_text(textwrap.dedent(f"""\
+        #!/bin/sh
+        echo "========= COMPUTE-SANITIZER"
+        if [ "$2" = racecheck ]; then echo "========= {racecheck}"; else echo "========= {memcheck}"; fi
+        """))
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.syspath_prepend(os.path.join(os.path.dirname(__file__), "..", "validation"))
+    import gpu_check
+    assert gpu_check.find_sanitizer() == str(fake)
+    assert gpu_check.sanitize() == failures
+    assert gpu_check.sanitizer_verdict("========= ERROR SUMMARY: 0 errors\n", 99)[0] is False  # its --error-exitcode
 
 
 def test_validate_cli_golden_dump_from_the_cuda_backend_equals_numba(tmp_path):
