@@ -271,19 +271,26 @@ def test_whole_model_cuda_backend_equals_numpy(tiny_model, recipe):
 @pytest.fixture
 def preempted_shared_allocation(monkeypatch):
     """Under the simulator, make every shared-memory allocation sleep (yield the GIL) so that
-    the other threads of the block run in the middle of it: the interleaving that, about once
-    in a hundred forwards, gave threads of one block different "shared" arrays (_cudasim)."""
+    the other threads of the block run in the middle of it: the interleaving that, a few times
+    in a hundred forwards, gave threads of one block different "shared" arrays (_cudasim). The
+    np.empty of the module that implements FakeCUDAShared.array is slowed (numba's, or the
+    replacement's), not numpy's own: numba cannot compile a function that calls a patched np.empty."""
     if not kc.SIMULATED:
         return
     import time
     from numba.cuda.simulator import kernelapi
-    real_empty = np.empty
+    module = sys.modules[kernelapi.FakeCUDAShared.array.__module__]
 
-    def empty(*args, **kwargs):
-        if isinstance(sys._getframe(1).f_locals.get("self"), kernelapi.FakeCUDAShared):
-            time.sleep(0.002)
-        return real_empty(*args, **kwargs)
-    monkeypatch.setattr(np, "empty", empty)
+    class SlowAllocation:
+        def __getattr__(self, name):
+            return getattr(np, name)
+
+        @staticmethod
+        def empty(*args, **kwargs):
+            if isinstance(sys._getframe(1).f_locals.get("self"), kernelapi.FakeCUDAShared):
+                time.sleep(0.002)
+            return np.empty(*args, **kwargs)
+    monkeypatch.setattr(module, "np", SlowAllocation())
 
 
 def test_shared_memory_is_one_array_per_block_when_threads_are_preempted(preempted_shared_allocation):
