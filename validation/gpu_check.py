@@ -307,7 +307,7 @@ def find_sanitizer() -> str | None:
     return next((c for c in candidates if os.path.isfile(c) and os.access(c, os.X_OK)), None)
 
 
-_SUMMARY = re.compile(r"^=+ (?:([A-Z]+) )?SUMMARY: (\d+) (?:errors?|hazards?)", re.M)
+_SUMMARY = re.compile(r"^=+ (?:([A-Z]+) )?SUMMARY: (\d+) (?:errors?|hazards?)", re.MULTILINE)
 
 
 def sanitizer_verdict(text: str, returncode: int) -> tuple[bool, str]:
@@ -331,7 +331,7 @@ def sanitize(tools=SANITIZER_TOOLS) -> int:
         cmd = [exe, "--tool", tool, "--error-exitcode", "99", sys.executable, str(Path(__file__).resolve()),
                "--sanitize-target"]
         t = time.perf_counter()
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, check=False)
         text = done.stdout + done.stderr
         clean, summary = sanitizer_verdict(text, done.returncode)
         failures += not clean
