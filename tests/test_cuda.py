@@ -19,7 +19,7 @@ from hypothesis import given, settings, strategies as st
 import refquant as rq
 from refquant.errors import ConfigError, DTypeError, NonFiniteError, OutOfRangeError, ShapeError
 from refquant.kernels import cuda as kc, reference as ref
-from refquant.testing import INT8_STYLES, int8_matrix
+from refquant.testing import INT8_STYLES, assert_bitexact, int8_matrix
 from test_kernels import (MODELOPT, Q8BERT, TOKEN, activations, act_styles, int32_bias_problem, layer_norm_problem,
                           linear_problem, quantize_linear_problem, same_bits, scale_styles, scales, w4_problem)
 from test_kernels import bias_styles, nan_bits_are_canonical, nan_outputs, nan_problem, nan_scale_styles
@@ -299,6 +299,74 @@ def test_whole_model_cuda_backend_equals_numpy(tiny_model, recipe):
 
 
 # ---------------------------------------------------------------------------------------
+# the same bytes every time (issue 14)
+# ---------------------------------------------------------------------------------------
+@pytest.fixture
+def preempted_shared_allocation(monkeypatch):
+    """Under the simulator, make every shared-memory allocation sleep (yield the GIL) so that
+    the other threads of the block run in the middle of it: the interleaving that, a few times
+    in a hundred forwards, gave threads of one block different "shared" arrays (_cudasim). The
+    np.empty of the module that implements FakeCUDAShared.array is slowed (numba's, or the
+    replacement's), not numpy's own: numba cannot compile a function that calls a patched np.empty."""
+    if not kc.SIMULATED:
+        return
+    import time
+
+    from numba.cuda.simulator import kernelapi
+    module = sys.modules[kernelapi.FakeCUDAShared.array.__module__]
+
+    class SlowAllocation:
+        def __getattr__(self, name):
+            return getattr(np, name)
+
+        @staticmethod
+        def empty(*args, **kwargs):
+            if isinstance(sys._getframe(1).f_locals.get("self"), kernelapi.FakeCUDAShared):
+                time.sleep(0.002)
+            return np.empty(*args, **kwargs)
+    monkeypatch.setattr(module, "np", SlowAllocation())
+
+
+def test_shared_memory_is_one_array_per_block_when_threads_are_preempted(preempted_shared_allocation):
+    """Every kernel's shared arrays (the row reduction, LayerNorm statistics, the GEMM tiles) with
+    each thread preempted inside the allocation: the reference's bytes."""
+    rng = np.random.default_rng(14)
+    x = (rng.standard_normal((3, 40)) * rng.uniform(0.1, 10, (3, 1))).astype(F32)
+    gamma, beta = rng.uniform(0.5, 2, 40).astype(F32), rng.standard_normal(40).astype(F32)
+    a, w = int8_matrix(rng, (17, 40), "uniform"), int8_matrix(rng, (18, 40), "uniform")
+    s_a, s_w, b = scales(rng, 17, "normal"), scales(rng, 18, "normal"), rng.standard_normal(18).astype(F32)
+    for name, got, want in [
+            ("quantize_dynamic", kc.quantize_dynamic(x, TOKEN), ref.quantize_dynamic(x, TOKEN)),
+            ("layer_norm_quantize_per_token", kc.layer_norm_quantize_per_token(x, gamma, beta, 1e-5, TOKEN),
+             ref.layer_norm_quantize_per_token(x, gamma, beta, 1e-5, TOKEN)),
+            ("linear_i8", (kc.linear_i8(a, s_a, w, s_w, b, "gelu_erf"),), (ref.linear_i8(a, s_a, w, s_w, b, "gelu_erf"),))]:
+        assert len(got) == len(want)
+        for g, v in zip(got, want):
+            assert_bitexact(g, v, name)
+
+
+def test_models_and_recipes_in_turn_give_the_same_bytes_every_time(tmp_path, preempted_shared_allocation):
+    """Three models and six recipes in turn, twice, each cuda forward compared with numpy's bytes (the
+    simulator's threads preempted inside every shared-memory allocation)."""
+    from test_models_small import bert_checkpoint, gpt2_checkpoint, llama_checkpoint
+    from test_recipes import GROUPS, batches
+    make = {"bert": bert_checkpoint, "gpt2": gpt2_checkpoint, "llama": llama_checkpoint}
+    models = {family: rq.load(build(tmp_path / family)[0]) for family, build in make.items()}
+    runs = []
+    for family, recipe in [("llama", "nvidia-ptq-max"), ("gpt2", "zeroquant-w4a8"), ("bert", "q8bert"),
+                           ("gpt2", "nvidia-ptq-percentile"), ("llama", "zeroquant-w8a8"), ("bert", "q8bert-dq")]:
+        model = models[family]
+        qm = rq.quantize_model(model, recipe, calib=batches(model), num_groups=GROUPS[family], progress=False)
+        ids = batches(model, 1, seed=21)[0]
+        mask = np.ones_like(ids)
+        mask[1, 4:] = 0
+        runs.append((qm, ids, mask, qm.forward(ids, mask, backend="numpy")))
+    for i in range(2 * len(runs)):  # each pair twice, the others in between
+        qm, ids, mask, want = runs[i % len(runs)]
+        assert same_bits(qm.forward(ids, mask, backend="cuda"), want), (i, qm)
+
+
+# ---------------------------------------------------------------------------------------
 # the GPU's launch shapes, the PTX, and a clean refusal
 # ---------------------------------------------------------------------------------------
 def _run(code: str, **env) -> subprocess.CompletedProcess:
@@ -460,6 +528,34 @@ def test_gpu_check_script():
     if done.returncode != 2 and "compute capability" in done.stdout:
         pytest.skip("this machine has a GPU")
     assert done.returncode == 2 and done.stderr.startswith("gpu_check: no GPU") and done.stderr.count("\n") == 1
+    done = subprocess.run([sys.executable, script, "--sanitize"], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}, check=False)  # --sanitize: the real GPU
+    if done.returncode != 2 and "compute-sanitizer" in done.stdout:
+        pytest.skip("this machine has a GPU")
+    assert done.returncode == 2 and done.stderr.startswith("gpu_check: no GPU") and done.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("racecheck, memcheck, failures", [
+    ("RACECHECK SUMMARY: 0 hazards displayed (0 errors, 0 warnings)", "ERROR SUMMARY: 0 errors", 0),
+    ("RACECHECK SUMMARY: 3 hazards displayed (0 errors, 3 warnings)", "ERROR SUMMARY: 0 errors", 1),
+    ("RACECHECK SUMMARY: 0 hazards displayed (0 errors, 0 warnings)", "ERROR SUMMARY: 2 errors", 1),
+    ("", "ERROR SUMMARY: 0 errors", 1)])  # no summary: the sanitizer did not report, nothing is proven
+def test_gpu_check_sanitize_fails_on_any_hazard_or_error(tmp_path, monkeypatch, racecheck, memcheck, failures):
+    """gpu_check --sanitize's verdict, with a stand-in compute-sanitizer on PATH that prints the
+    real tool's summary lines (the real one needs a GPU)."""
+    fake = tmp_path / "compute-sanitizer"
+    fake.write_text(textwrap.dedent(f"""\
+        #!/bin/sh
+        echo "========= COMPUTE-SANITIZER"
+        if [ "$2" = racecheck ]; then echo "========= {racecheck}"; else echo "========= {memcheck}"; fi
+        """))
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.syspath_prepend(os.path.join(os.path.dirname(__file__), "..", "validation"))
+    import gpu_check
+    assert gpu_check.find_sanitizer() == str(fake)
+    assert gpu_check.sanitize() == failures
+    assert gpu_check.sanitizer_verdict("========= ERROR SUMMARY: 0 errors\n", 99)[0] is False  # its --error-exitcode
 
 
 def test_validate_cli_golden_dump_from_the_cuda_backend_equals_numba(tmp_path):

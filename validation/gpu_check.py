@@ -28,13 +28,23 @@ with meaningless times (a smoke test of this script, which tests/test_cuda.py ru
 instructions that carry the numeric contract: dp4a, explicitly rounded float operations, and
 no fma / mad / .ftz / .approx (validation/results/cuda_ptx.txt).
 
-Run: python validation/gpu_check.py [--reps 20] [--simulator | --ptx]
+``--sanitize`` runs part 1 at small shapes (the GPU's launch shapes, across tile and K-step edges)
+under NVIDIA's compute-sanitizer, once per tool: ``racecheck`` (shared-memory hazards between the
+threads of a block, which warp lockstep can hide) and ``memcheck`` (out-of-bounds and misaligned
+accesses). It exits 1 on any hazard, error or mismatch, and 2 with one line when there is no GPU or
+no compute-sanitizer (PATH, $CUDA_HOME/bin, /usr/local/cuda*/bin, the nvidia-cuda-sanitizer-api wheel).
+
+Run: python validation/gpu_check.py [--reps 20] [--simulator | --ptx | --sanitize]
 """
 from __future__ import annotations
 
 import argparse
 import ctypes
+import glob
 import os
+import re
+import shutil
+import subprocess
 import sys
 import time
 import warnings
@@ -59,6 +69,9 @@ BERT = [("bert qkv", 512, 768, 2304), ("bert ffn1", 512, 768, 3072), ("bert ffn2
 LLAMA = [("llama qkv (M=1 decode)", 1, 4096, 4096), ("llama up (M=64)", 64, 4096, 11008),
          ("llama down (M=64)", 64, 11008, 4096)]
 SIM_SHAPES = [("small", 5, 70, 33), ("tile edges", 17, 33, 17)]
+# under compute-sanitizer: 64 x 64 tiles and 32-value K steps, each edge crossed
+SANITIZE_SHAPES = [("small", 5, 70, 33), ("tile edges", 65, 96, 66)]
+SANITIZER_TOOLS = ("racecheck", "memcheck")
 
 
 def same(a, b) -> bool:
@@ -333,19 +346,73 @@ def ptx_report(kc) -> int:
     return bad
 
 
+def find_sanitizer() -> str | None:
+    """The compute-sanitizer executable: on PATH, under the CUDA toolkit, or in the pip wheel."""
+    found = shutil.which("compute-sanitizer")
+    if found:
+        return found
+    roots = [os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda",
+             *sorted(glob.glob("/usr/local/cuda-*"), reverse=True)]
+    candidates = [os.path.join(r, "bin", "compute-sanitizer") for r in roots if r]
+    for site in sys.path:  # nvidia-cuda-sanitizer-api: nvidia/cuda_sanitizer_api/compute-sanitizer/
+        candidates += sorted(glob.glob(os.path.join(site, "nvidia", "*", "compute-sanitizer", "compute-sanitizer")))
+    return next((c for c in candidates if os.path.isfile(c) and os.access(c, os.X_OK)), None)
+
+
+_SUMMARY = re.compile(r"^=+ (?:([A-Z]+) )?SUMMARY: (\d+) (?:errors?|hazards?)", re.MULTILINE)
+
+
+def sanitizer_verdict(text: str, returncode: int) -> tuple[bool, str]:
+    """(clean, summary) of one compute-sanitizer run: clean only when it printed at least one
+    SUMMARY line, every count in them is 0, and the run (sanitizer and script) exited 0."""
+    counts = [int(n) for _, n in _SUMMARY.findall(text)]
+    summary = "; ".join(line.strip("= ").strip() for line in text.splitlines() if "SUMMARY:" in line)
+    clean = bool(counts) and not any(counts) and returncode == 0
+    return clean, (summary or "no SUMMARY line") + f"; exit {returncode}"
+
+
+def sanitize(tools=SANITIZER_TOOLS) -> int:
+    """Run this script's --sanitize-target under compute-sanitizer once per tool; failures."""
+    exe = find_sanitizer()
+    if exe is None:
+        print("gpu_check: compute-sanitizer not found (PATH, $CUDA_HOME/bin, /usr/local/cuda*/bin, the "
+              "nvidia-cuda-sanitizer-api wheel); nothing was checked", file=sys.stderr)
+        return -1
+    failures = 0
+    for tool in tools:
+        cmd = [exe, "--tool", tool, "--error-exitcode", "99", sys.executable, str(Path(__file__).resolve()),
+               "--sanitize-target"]
+        t = time.perf_counter()
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, check=False)
+        text = done.stdout + done.stderr
+        clean, summary = sanitizer_verdict(text, done.returncode)
+        failures += not clean
+        out(f"  compute-sanitizer --tool {tool}: {'clean' if clean else 'FAILED'} ({summary}; "
+            f"{time.perf_counter() - t:.0f} s)")
+        if not clean:  # the sanitizer's own report and the script's mismatches, as printed
+            shown = [line for line in text.splitlines() if line.startswith("=") or "MISMATCH" in line]
+            for line in (shown or text.splitlines())[:60]:
+                out("    " + line)
+    return failures
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--reps", type=int, default=20, help="timed launches per competitor (median)")
-    p.add_argument("--simulator", action="store_true",
-                   help="run the equality checks at small shapes in Numba's CUDA simulator")
-    p.add_argument("--ptx", action="store_true",
-                   help="only count the contract's instructions in the kernels' PTX (NVVM; no GPU needed)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--simulator", action="store_true",
+                      help="run the equality checks at small shapes in Numba's CUDA simulator")
+    mode.add_argument("--ptx", action="store_true",
+                      help="only count the contract's instructions in the kernels' PTX (NVVM; no GPU needed)")
+    mode.add_argument("--sanitize", action="store_true",
+                      help="run the kernels at small shapes under compute-sanitizer racecheck and memcheck")
+    mode.add_argument("--sanitize-target", action="store_true", help=argparse.SUPPRESS)  # what --sanitize runs
     p.add_argument("--out", default=None, help="where to write what is printed (default "
                    "validation/results/gpu_check.txt, or cuda_ptx.txt with --ptx)")
     args = p.parse_args(argv)
     if args.simulator:
         os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
-    elif args.ptx:
+    elif args.ptx or args.sanitize or args.sanitize_target:  # NVVM, or the sanitizer: the real target
         os.environ["NUMBA_ENABLE_CUDASIM"] = "0"
     from refquant.kernels import cuda as kc
     if args.ptx:
@@ -367,6 +434,16 @@ def main(argv=None) -> int:
         print("gpu_check: NUMBA_ENABLE_CUDASIM=1 is set, so there is no GPU; run with --simulator for the "
               "small-shape smoke test", file=sys.stderr)
         return 2
+    if args.sanitize_target:  # the kernels alone, under compute-sanitizer (its parent reports)
+        return 0 if kernel_checks(kc, SANITIZE_SHAPES, check_reference=True) == 0 else 1
+    if args.sanitize:
+        out("gpu_check --sanitize: the kernels at small shapes under compute-sanitizer")
+        failures = sanitize()
+        if failures < 0:
+            return 2
+        out("no hazards, no errors" if failures == 0 else f"{failures} sanitizer runs FAILED")
+        write(args.out or str(HERE / "results" / "gpu_sanitize.txt"))
+        return 0 if failures == 0 else 1
     if kc.SIMULATED:
         out("gpu_check --simulator: Numba's CUDA simulator, small shapes (no GPU, no speed)")
         failures = kernel_checks(kc, SIM_SHAPES, check_reference=True)

@@ -151,6 +151,8 @@ elif SIMULATED:
     # The simulator runs each CUDA thread as a Python thread and its scheduler polls them; at
     # the default 5 ms GIL switch interval every syncthreads costs milliseconds (3-10x slower).
     sys.setswitchinterval(min(sys.getswitchinterval(), 1e-4))
+    from . import _cudasim
+    _cudasim.install()  # one shared array per block even when a thread is preempted (issue 14)
     _jit = cuda.jit
 
     def _device(fn):
