@@ -68,18 +68,22 @@ def lsq_forward(x, scale: float, zero_point: float, qmin: int, qmax: int, grad_s
 def lsq_backward(dout, cache):
     """(dx, dscale, dzero_point) of lsq_forward, as fake_quantize_learnable_tensor_grad_kernel_cpu:
     the backward rounds zp as (zero_point + 0.5) truncated (round half up, unlike the forward);
-    xq = nearbyint(zp + x * inv_scale); dx = dout inside [qmin, qmax]; dscale = dout * (qmin - zp)
-    below, dout * (qmax - zp) above, dout * (y - x) * inv_scale inside; dzero_point = -dout * scale
+    xq = zp + nearbyint(x * inv_scale); dx = dout inside [qmin, qmax]; dscale = dout * (qmin - zp)
+    below, dout * (qmax - zp) above, dout * (x_fq - x) * inv_scale inside with x_fq = (xq - zp) *
+    scale (the backward's zp); dzero_point = -dout * scale
     outside, 0 inside; dscale and dzero_point summed and multiplied by grad_factor."""
-    x, s, zp_float, qmin, qmax, gf, y = cache
+    x, s, zp_float, qmin, qmax, gf, _ = cache
     zp = np.float32(np.trunc(np.clip(zp_float, qmin, qmax) + np.float32(0.5)))
     inv = np.float32(1) / s
-    xq = np.rint(zp + x * inv)
+    xq = zp + np.rint(x * inv)
     below, above = xq < qmin, xq > qmax
     inside = ~(below | above)
     d = np.asarray(dout, np.float64)
     dx = np.where(inside, dout, 0).astype(np.float32)
-    ds = np.where(below, d * (qmin - zp), np.where(above, d * (qmax - zp), d * (y - x) * inv))
+    # the backward fake-quantizes again with ITS zero point: where the two roundings of a
+    # zero point k + 0.5 differ (k even), this is not the forward's y
+    x_fq = ((xq - zp) * s).astype(np.float32)
+    ds = np.where(below, d * (qmin - zp), np.where(above, d * (qmax - zp), d * (x_fq - x) * inv))
     dz = np.where(inside, 0.0, -d * s)
     return dx, float(ds.sum() * gf), float(dz.sum() * gf)
 
