@@ -469,18 +469,25 @@ def test_ptx_builds_the_canonical_nan_from_its_bits():
         assert set(nans) == {"0f7FC00000"} and selects >= nans["0f7FC00000"] > 0, (kernel, nans, selects)
 
 
+# a subprocess's last step: one cuda launch, printing the backend's refusal (one sentence)
+_PRINT_CUDA_REFUSAL = """
+import numpy as np
+import refquant as rq
+try:
+    rq.kernels.gemm_i8(np.zeros((1, 1), np.int8), np.zeros((1, 1), np.int8), backend="cuda")
+except rq.ConfigError as e:
+    print("refused:", e)
+"""
+
+
 def test_without_a_gpu_the_backend_refuses_in_one_clear_sentence():
     done = _run("""
         from refquant.kernels import cuda as kc
         if kc.available():
             print("GPU")
         else:
-            import refquant as rq, numpy as np
-            try:
-                rq.kernels.gemm_i8(np.zeros((1, 1), np.int8), np.zeros((1, 1), np.int8), backend="cuda")
-            except rq.ConfigError as e:
-                print("refused:", e)
-    """, NUMBA_ENABLE_CUDASIM="0")
+            exec(REFUSAL)
+    """.replace("REFUSAL", repr(_PRINT_CUDA_REFUSAL)), NUMBA_ENABLE_CUDASIM="0")
     assert done.returncode == 0, done.stderr[-2000:]
     out = done.stdout.strip()
     if out == "GPU":
@@ -501,13 +508,8 @@ def test_numpy_without_row_stack_is_refused_in_one_sentence():
             from numba.cuda.np import arrayobj
             print("loads")
         except AttributeError:
-            import refquant as rq
-            import refquant.kernels
-            try:
-                rq.kernels.gemm_i8(np.zeros((1, 1), np.int8), np.zeros((1, 1), np.int8), backend="cuda")
-            except rq.ConfigError as e:
-                print("refused:", e)
-    """, NUMBA_ENABLE_CUDASIM="0")
+            exec(REFUSAL)
+    """.replace("REFUSAL", repr(_PRINT_CUDA_REFUSAL)), NUMBA_ENABLE_CUDASIM="0")
     assert done.returncode == 0, done.stderr[-2000:]
     out = done.stdout.strip()
     if out == "loads":
