@@ -10,15 +10,18 @@ import numpy as np
 from weights_io.errors import ConfigError, DTypeError, NonFiniteError, OutOfRangeError, ShapeError
 from weights_io.int4 import integer_values
 
+from .floats import sum_in_order, sums_in_order
+
 F32 = np.float32
 
 
 def cosine(a, b, axis=-1) -> np.ndarray:
-    """Cosine similarity along ``axis``, computed in float64."""
+    """Cosine similarity along ``axis``, computed in float64, its sums left to right (contract
+    rule 14)."""
     a = np.asarray(a, np.float64)
     b = np.asarray(b, np.float64)
-    num = np.sum(a * b, axis=axis)
-    den = np.linalg.norm(a, axis=axis) * np.linalg.norm(b, axis=axis)
+    num = sums_in_order(a * b, axis=axis)
+    den = np.sqrt(sums_in_order(a * a, axis=axis)) * np.sqrt(sums_in_order(b * b, axis=axis))
     return num / np.maximum(den, 1e-300)
 
 
@@ -115,8 +118,8 @@ def sqnr_db(reference, test) -> float:
     """
     r, t = _pair(reference, test, "sqnr_db")
     with np.errstate(over="ignore", invalid="ignore"):
-        noise = float(np.sum((r - t) ** 2))
-    signal = float(np.sum(r ** 2))
+        noise = sum_in_order((r - t) ** 2)  # contract rule 14
+    signal = sum_in_order(r ** 2)
     if noise == 0.0:
         return float("inf")
     if signal == 0.0 or noise == float("inf"):

@@ -62,5 +62,32 @@ def canonical_nan_value(y):
     return y
 
 
+@numba.njit(cache=True)
+def _row_sums_in_order(x, start, out):
+    for r in range(x.shape[0]):
+        s = start[r]
+        for j in range(x.shape[1]):
+            s += x[r, j]
+        out[r] = s
+
+
+def sums_in_order(x, axis=-1, start=None) -> np.ndarray:
+    """float64 sums along ``axis``, each added left to right (contract rule 14), optionally
+    continuing from ``start`` (a running total carried over batches gives the same bits however
+    the rows were batched). NumPy's own ``sum`` is pairwise, with blocks that depend on its
+    build and on the array's layout."""
+    x = np.moveaxis(np.asarray(x, np.float64), axis, -1)
+    rows = np.ascontiguousarray(x.reshape(int(np.prod(x.shape[:-1])), x.shape[-1]))
+    first = np.zeros(rows.shape[0]) if start is None else np.broadcast_to(np.asarray(start, np.float64).reshape(-1), (rows.shape[0],)).copy()
+    out = np.empty(rows.shape[0])
+    _row_sums_in_order(rows, first, out)
+    return out.reshape(x.shape[:-1])
+
+
+def sum_in_order(x, start: float = 0.0) -> float:
+    """The float64 sum of every element of ``x`` in C order, left to right, from ``start``."""
+    return float(sums_in_order(np.ravel(np.asarray(x, np.float64))[None], start=start)[0])
+
+
 __all__ = ["CANONICAL_NAN", "CANONICAL_NAN_BITS", "canonical_nan", "canonical_nan_value",
-           "float32_from_bits"]
+           "float32_from_bits", "sums_in_order", "sum_in_order"]

@@ -36,6 +36,7 @@ from ._sentences import SENTENCES
 from .analysis import (cosine, log_softmax, logit_kl, max_rel_error, sqnr_db, top1_agreement,
                        ulp_distance)
 from .compare_dialects import default_checkpoint
+from .floats import sum_in_order
 from .kernels import reference as ref
 from .models import load
 from .models.bert import mean_pool
@@ -189,10 +190,11 @@ class SiteStats:
 
     def add(self, y_ref: np.ndarray, y_test: np.ndarray) -> None:
         r, t = y_ref.astype(np.float64), y_test.astype(np.float64)
-        self.signal += float(np.sum(r * r))
-        self.noise += float(np.sum((r - t) ** 2))
+        # running sums in one order (contract rule 14): the same bits however rows were batched
+        self.signal = sum_in_order(r * r, self.signal)
+        self.noise = sum_in_order((r - t) ** 2, self.noise)
         c = cosine(r, t)
-        self.cos_sum += float(np.sum(c))
+        self.cos_sum = sum_in_order(c, self.cos_sum)
         self.cos_min = min(self.cos_min, float(np.min(c)))
         self.rows += len(r)
         self.max_rel = max(self.max_rel, max_rel_error(r, t))

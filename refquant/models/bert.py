@@ -8,7 +8,7 @@ from weights_io.errors import ConfigError, OutOfRangeError, ShapeError
 from ..nn import attention_forward, embedding_forward, layer_norm_forward, residual_layer_norm_forward, split_heads
 from ..nn.activations import model_activation
 from .base import Model
-from ..floats import canonical_nan
+from ..floats import canonical_nan, sums_in_order
 
 F32 = np.float32
 
@@ -128,12 +128,17 @@ class Bert(Model):
 
 
 def mean_pool(hidden, attention_mask=None, normalize=False):
-    """sum(hidden * mask) / max(sum(mask), 1e-9) over tokens, as sentence-transformers' Pooling."""
-    if attention_mask is None:
-        emb = hidden.mean(axis=1)
-    else:
-        m = np.asarray(attention_mask, F32)[..., None]
-        emb = (hidden * m).sum(axis=1) / np.maximum(m.sum(axis=1), F32(1e-9))
+    """sum(hidden * mask) / max(sum(mask), 1e-9) over tokens, as sentence-transformers' Pooling,
+    in contract rule 14's order: the tokens t = 0 .. T-1 added one after another in float32 (so a
+    sentence's embedding is the same alone, in a batch, or padded); ``normalize`` divides by
+    the L2 norm, its squares summed left to right in float64."""
+    B, T, C = hidden.shape
+    m = np.ones((B, T), F32) if attention_mask is None else np.asarray(attention_mask, F32)
+    total = np.zeros((B, C), F32)
+    for t in range(T):
+        total += hidden[:, t] * m[:, t, None]
+    emb = total / np.maximum(m.sum(axis=1), F32(1e-9))[:, None]  # token counts: exact in float32
     if normalize:
-        emb = emb / np.maximum(np.linalg.norm(emb, axis=-1, keepdims=True), F32(1e-12))
+        norm = np.sqrt(sums_in_order(emb.astype(np.float64) ** 2)).astype(F32)
+        emb = emb / np.maximum(norm, F32(1e-12))[:, None]
     return canonical_nan(emb.astype(F32))

@@ -20,6 +20,7 @@ MASKED = np.float32(np.finfo(np.float32).min)
 
 @numba.njit(cache=True, inline="always")
 def _rstd(v, c, eps):
+    """float32(1 / sqrt(float32(v / c) + eps)): + eps and sqrt in float32, 1 / in float64."""
     return np.float32(1.0 / math.sqrt(np.float32(v / c) + eps))
 
 
@@ -135,6 +136,39 @@ def residual_layer_norm_rows(x, y, bias, gamma, beta, eps):
     _residual_layer_norm_rows(x2, y2, b, bias is not None, np.ascontiguousarray(gamma, np.float32),
                               np.ascontiguousarray(beta, np.float32), np.float32(eps), out, xhat, rstd)
     return out.reshape(shape), xhat.reshape(shape), rstd.reshape(shape[:-1] + (1,))
+
+
+@numba.njit(cache=True, inline="always")
+def rms_norm_row_rstd(x, r, eps):
+    """rstd of row r (contract rule 14): s = sum_j float64(x[r, j])^2 left to right in float64,
+    then LayerNorm's step float32(1 / sqrt(float32(s / C) + eps))."""
+    c = x.shape[1]
+    s = 0.0
+    for j in range(c):
+        d = np.float64(x[r, j])
+        s += d * d
+    return _rstd(s, c, eps)
+
+
+@numba.njit(cache=True, parallel=True)
+def _rms_norm_rows(x, gamma, eps, y, rstd):
+    rows, c = x.shape
+    for r in numba.prange(rows):
+        inv = rms_norm_row_rstd(x, r, eps)
+        rstd[r] = inv
+        for j in range(c):
+            y[r, j] = gamma[j] * (x[r, j] * inv)
+
+
+def rms_norm_rows(x, gamma, eps):
+    """Over the last axis: rstd = float32(1 / sqrt(float32(sum(x^2) / C) + eps)), the sum of
+    squares in float64 left to right; y = gamma * (x * rstd) in float32 (HF's order).
+    Returns y, rstd [..., 1]."""
+    x2 = np.ascontiguousarray(x, np.float32).reshape(-1, x.shape[-1])
+    y = np.empty_like(x2)
+    rstd = np.empty(x2.shape[0], np.float32)
+    _rms_norm_rows(x2, np.ascontiguousarray(gamma, np.float32), np.float32(eps), y, rstd)
+    return y.reshape(x.shape), rstd.reshape(x.shape[:-1] + (1,))
 
 
 @numba.njit(cache=True, parallel=True)

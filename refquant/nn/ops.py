@@ -8,7 +8,7 @@ from scipy.special import erf
 from ..floats import canonical_nan
 from ._split import in_halves
 from .fast_erf import gelu_erf_float32
-from .fused import layer_norm_rows, masked_softmax_, residual_layer_norm_rows
+from .fused import layer_norm_rows, masked_softmax_, residual_layer_norm_rows, rms_norm_rows
 
 F32 = np.float32
 
@@ -62,10 +62,14 @@ def residual_layer_norm_forward(x, y, bias, gamma, beta, eps):
 
 
 def rms_norm_forward(x, gamma, eps):
-    """x / sqrt(mean(x^2) + eps) * gamma over the last axis (Llama's RMSNorm)."""
-    rstd = (1.0 / np.sqrt(np.mean(np.square(x), axis=-1, keepdims=True) + F32(eps))).astype(x.dtype)
-    xhat = x * rstd
-    return gamma * xhat, (x, rstd, gamma)  # [..., C] -> [..., C]
+    """x / sqrt(mean(x^2) + eps) * gamma over the last axis (Llama's RMSNorm), in contract
+    rule 14's order (refquant.nn.fused.rms_norm_rows). float64 input (gradient checks) takes
+    the NumPy expression in float64."""
+    if x.dtype == np.float64:
+        rstd = 1.0 / np.sqrt(np.mean(np.square(x), axis=-1, keepdims=True) + eps)
+        return gamma * (x * rstd), (x, rstd, gamma)
+    y, rstd = rms_norm_rows(x, gamma, eps)
+    return y, (x, rstd, gamma)  # [..., C] -> [..., C]
 
 
 def gelu_erf_forward(x, bias=None):
