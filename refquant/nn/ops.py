@@ -19,11 +19,13 @@ def linear_forward(x, w, b=None, packed=None):
     float32: contract rule 13, each element the fma chain over the inputs in order, then
     ``+ b`` (refquant.kernels.gemm_f32.matmul_f32; ``packed``: w prepacked by
     ``prepack_f32``, which a model builds once per weight). float64 (gradient checks): NumPy."""
-    if x.dtype == F32 and (packed is not None or np.asarray(w).dtype == F32):
-        y = matmul_f32(x, np.asarray(w) if packed is None else packed,
-                       None if b is None else np.asarray(b, F32))
-        return y, (x, w)
-    y = x @ np.asarray(w).T  # [..., in] -> [..., out]
+    bias = None if b is None else np.asarray(b, F32)
+    if x.dtype == F32 and packed is not None:
+        return matmul_f32(x, packed, bias), (x, w)
+    wa = np.asarray(w)  # (a DequantizedRows table: dequantized once)
+    if x.dtype == F32 and wa.dtype == F32:
+        return matmul_f32(x, wa, bias), (x, w)
+    y = x @ wa.T  # [..., in] -> [..., out]
     if b is not None:
         y += b
     return y, (x, w)
