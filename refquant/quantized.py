@@ -127,7 +127,7 @@ class QuantizedModel:
         self.embeddings = embeddings            # {weight name: (int8 table, QParams)}
         self.saturation = None                  # {site: [saturated, total]} while tracked
         self.uncalibrated: list[str] = []       # static sites calibration never reached: float
-        self._dequantized: dict[str, np.ndarray] = {}
+        self._dequantized: dict = {}            # {site: float32 weight, "packed:" + site: its PackedF32, ...}
         self._net = copy.copy(model)            # shares weights and caches; its linear is ours
         self._net.linear = self._site
         self._net.w = self._w
@@ -189,6 +189,14 @@ class QuantizedModel:
             q = self.quantized_sites[site]
             self._dequantized[site] = dequantize(q.weight_q, q.weight_qp, site + ".weight")
         return self._dequantized[site]
+
+    def _packed_dequantized(self, site: str):
+        """dequantized_weight(site) prepacked for the float32 GEMM (fake-quant path), built once."""
+        key = "packed:" + site
+        if key not in self._dequantized:
+            from .kernels.gemm_f32 import prepack_f32
+            self._dequantized[key] = prepack_f32(self.dequantized_weight(site))
+        return self._dequantized[key]
 
     def input_qparams(self, site: str, x: np.ndarray) -> QParams:
         q = self.quantized_sites[site]
@@ -319,10 +327,13 @@ class QuantizedModel:
             if self.saturation is not None:
                 self._count_saturation(site, x, qp_x)
             x = fake_quant(x, qp_x, site + ".input")
-        w = self.dequantized_weight(site) if rule.weight is not None else self.float_model.w(site + ".weight")
+        if rule.weight is not None:
+            w, packed = self.dequantized_weight(site), self._packed_dequantized(site)
+        else:
+            w, packed = self.float_model.w(site + ".weight"), self.float_model.packed_weight(site + ".weight")
         if rule.bias == "float" or bias is None:
-            return linear_forward(x, w, bias)[0]
-        y = linear_forward(x, w)[0]
+            return linear_forward(x, w, bias, packed=packed)[0]
+        y = linear_forward(x, w, packed=packed)[0]
         bias_scale = (qp_x.scale.astype(F32)[..., None] if qp_x.scale.ndim else qp_x.scale.astype(F32)) \
             * q.weight_scale_per_row()                           # s_x * s_w: [..., out] or [out]
         q_bias = np.clip(np.rint(bias / bias_scale), -INT32_LIMIT, INT32_LIMIT)

@@ -9,7 +9,8 @@ import numpy as np
 from weights_io.errors import ConfigError, DTypeError, OutOfRangeError, ShapeError, WeightsFormatError
 
 from .._malloc import keep_freed_memory
-from ..nn import linear_forward
+from ..kernels.gemm_f32 import matmul_f32, prepack_f32
+from ..nn import linear_forward, split_heads
 
 F32 = np.float32
 
@@ -33,6 +34,7 @@ class Model:
         self.stream = stream  # read each weight when used, keep none (checkpoints above memory)
         self._cache: dict[str, np.ndarray | None] = {}
         self._overrides: dict[str, np.ndarray] = {}  # with_weights: trained replacements
+        self._packed: dict = {}  # {(name, id(array)): (array, PackedF32)}: see packed_weight
         self._check_weights()
         keep_freed_memory()  # forward passes reuse freed activation pages (refquant._malloc)
 
@@ -49,18 +51,49 @@ class Model:
     def linear(self, site: str, x: np.ndarray) -> np.ndarray:
         """x @ W.T + b at GEMM site ``site`` (a decoder's "lm_head" may use the tied embedding)."""
         if site == "lm_head":
-            return linear_forward(x, self.w(self.head_weight))[0]
-        return linear_forward(x, self.w(site + ".weight"), self.w(site + ".bias", optional=True))[0]
+            return linear_forward(x, self.w(self.head_weight), packed=self.packed_weight(self.head_weight))[0]
+        name = site + ".weight"
+        return linear_forward(x, self.w(name), self.w(site + ".bias", optional=True),
+                              packed=self.packed_weight(name))[0]
 
     def linear_and_bias(self, site: str, x: np.ndarray):
         """(x @ W.T, b) at ``site``, the bias left for the next op to add in its own pass (BERT
-        fuses it into GELU, into the residual + LayerNorm, into the head split): same bits as
-        ``linear``, one pass fewer. Where ``linear`` is replaced on the instance (a quantized
-        model's sites, a calibration observer), the replacement computes the whole site:
-        (its output, None)."""
+        fuses it into GELU, into the residual + LayerNorm): same bits as ``linear``, one pass
+        fewer. Where ``linear`` is replaced on the instance (a quantized model's sites, a
+        calibration observer), the replacement computes the whole site: (its output, None)."""
         if "linear" in vars(self) or site == "lm_head":
             return self.linear(site, x), None
-        return linear_forward(x, self.w(site + ".weight"))[0], self.w(site + ".bias", optional=True)
+        name = site + ".weight"
+        return linear_forward(x, self.w(name), packed=self.packed_weight(name))[0], \
+            self.w(site + ".bias", optional=True)
+
+    def linear_heads(self, site: str, x: np.ndarray, heads: int) -> np.ndarray:
+        """``linear(site, x)`` for x [B, T, C], split into ``heads`` heads: [B, heads, T, D],
+        contiguous (attention's layout). Float32 sites write the heads straight from the GEMM's
+        tiles, bias included (matmul_f32's head_split); same bits as split_heads of ``linear``.
+        A replaced ``linear`` (quantized sites, observers) computes the site, then one copy."""
+        name = site + ".weight"
+        if "linear" in vars(self) or x.dtype != F32:
+            return split_heads(self.linear(site, x), None, heads)
+        w = self.packed_weight(name)
+        return matmul_f32(x, self.w(name) if w is None else w, self.w(site + ".bias", optional=True),
+                          head_split=heads)
+
+    def packed_weight(self, name: str):
+        """Weight ``name`` prepacked for the float32 GEMM (refquant.kernels.gemm_f32.prepack_f32),
+        built once per array and kept next to it; None where nothing is kept (a streaming model)
+        or the weight is not a float32 matrix (the GEMM then packs it per call). Keyed by the
+        array's identity, so an override (``with_weights``) or a replaced ``w`` gets its own."""
+        if self.stream:
+            return None
+        w = self.w(name)
+        if not isinstance(w, np.ndarray) or w.dtype != F32 or w.ndim != 2:
+            return None
+        key = (name, id(w))
+        hit = self._packed.get(key)
+        if hit is None or hit[0] is not w:
+            hit = self._packed[key] = (w, prepack_f32(w))
+        return hit[1]
 
     def with_weights(self, overrides: dict) -> "Model":
         """The same model with some weights replaced (float32 arrays by refquant name, shapes
@@ -74,6 +107,7 @@ class Model:
                                  f"{list(shapes[name])}")
         out = copy.copy(self)
         out._overrides = {**self._overrides, **{n: np.asarray(v, F32) for n, v in overrides.items()}}
+        out._packed = {k: v for k, v in self._packed.items() if k[0] not in overrides}  # its own
         return out
 
     embedding_weight = ""  # decoders: the token embedding that a tied LM head multiplies by

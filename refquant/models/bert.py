@@ -5,7 +5,7 @@ import numpy as np
 
 from weights_io.errors import ConfigError, OutOfRangeError, ShapeError
 
-from ..nn import attention_forward, embedding_forward, layer_norm_forward, residual_layer_norm_forward, split_heads
+from ..nn import attention_forward, embedding_forward, layer_norm_forward, residual_layer_norm_forward
 from ..nn.activations import model_activation
 from .base import Model
 from ..floats import canonical_nan, sums_in_order
@@ -83,8 +83,8 @@ class Bert(Model):
         H = self.config.num_attention_heads
         p = f"encoder.layer.{i}.attention"
 
-        def heads(site):  # [B, T, C] -> [B, H, T, D], the GEMM's bias added in the same copy
-            return split_heads(*self.linear_and_bias(f"{p}.self.{site}", x), H)
+        def heads(site):  # [B, T, C] -> [B, H, T, D], written by the GEMM with its bias
+            return self.linear_heads(f"{p}.self.{site}", x, H)
 
         ctx = attention_forward(heads("query"), heads("key"), heads("value"), key_mask=mask)[0]
         ctx = ctx.transpose(0, 2, 1, 3).reshape(B, T, C)

@@ -53,8 +53,8 @@ class GPT2(Model):
     def attention(self, i, x, mask):
         B, T, C = x.shape
         H = self.config.n_head
-        qkv = self.linear(f"h.{i}.attn.c_attn", x)  # [B, T, C] -> [B, T, 3C]
-        q, k, v = (t.reshape(B, T, H, C // H).transpose(0, 2, 1, 3) for t in np.split(qkv, 3, axis=-1))
+        qkv = self.linear_heads(f"h.{i}.attn.c_attn", x, 3 * H)  # [B, T, C] -> [B, 3H, T, D]
+        q, k, v = np.split(qkv, 3, axis=1)  # each [B, H, T, D], contiguous per head
         ctx = attention_forward(q, k, v, key_mask=mask, causal=True)[0]
         return self.linear(f"h.{i}.attn.c_proj", ctx.transpose(0, 2, 1, 3).reshape(B, T, C))
 

@@ -63,11 +63,10 @@ class Llama(Model):
     def attention(self, i, x, mask, cos, sin):
         B, T, _ = x.shape
         c = self.config
-        D = c.head_dim
         a = f"layers.{i}.self_attn"
 
-        def heads(site, n):  # [B, T, n*D] -> [B, n, T, D]
-            return self.linear(f"{a}.{site}", x).reshape(B, T, n, D).transpose(0, 2, 1, 3)
+        def heads(site, n):  # [B, T, C] -> [B, n, T, D]
+            return self.linear_heads(f"{a}.{site}", x, n)
 
         q = rope_forward(heads("q_proj", c.num_attention_heads), cos, sin)[0]
         k = rope_forward(heads("k_proj", c.num_key_value_heads), cos, sin)[0]

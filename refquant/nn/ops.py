@@ -6,24 +6,26 @@ import numpy as np
 from scipy.special import erf
 
 from ..floats import canonical_nan
-from ._split import in_halves
+from ..kernels.gemm_f32 import attention_context, attention_scores, matmul_f32
 from .fast_erf import gelu_erf_float32
 from .fused import layer_norm_rows, masked_softmax_, residual_layer_norm_rows, rms_norm_rows
 
 F32 = np.float32
 
 
-SKINNY_ROWS = 64  # below this many rows, w @ x.T streams the weight twice as fast (BLAS GEMV-like)
+def linear_forward(x, w, b=None, packed=None):
+    """y = x @ w.T + b. w is [out, in] (every family; GPT-2's Conv1D is transposed at load).
 
-
-def linear_forward(x, w, b=None):
-    """y = x @ w.T + b. w is [out, in] (every family; GPT-2's Conv1D is transposed at load)."""
-    rows = x.reshape(-1, x.shape[-1])  # 2-D: numpy's stacked 3-D @ 2-D path is up to 2x slower
-    if rows.shape[0] < SKINNY_ROWS:
-        y = np.ascontiguousarray((w @ rows.T).T)
-    else:
-        y = rows @ w.T
-    y = y.reshape(*x.shape[:-1], w.shape[0])  # [..., in] -> [..., out]
+    float32: contract rule 13, each element the fma chain over the inputs in order, then
+    ``+ b`` (refquant.kernels.gemm_f32.matmul_f32; ``packed``: w prepacked by
+    ``prepack_f32``, which a model builds once per weight). float64 (gradient checks): NumPy."""
+    bias = None if b is None else np.asarray(b, F32)
+    if x.dtype == F32 and packed is not None:
+        return matmul_f32(x, packed, bias), (x, w)
+    wa = np.asarray(w)  # (a DequantizedRows table: dequantized once)
+    if x.dtype == F32 and wa.dtype == F32:
+        return matmul_f32(x, wa, bias), (x, w)
+    y = x @ wa.T  # [..., in] -> [..., out]
     if b is not None:
         y += b
     return y, (x, w)
@@ -163,20 +165,12 @@ def attention_forward(q, k, v, key_mask=None, causal=False):
     causal hides keys after the query. Hidden scores become float32's most negative value
     (a fully hidden row then attends uniformly, as transformers' eager attention does).
     """
-    B, H, T, D = q.shape
-    Hkv = k.shape[1]
-    group = H // Hkv
+    D = q.shape[3]
     if q.dtype == np.float64:
         return _attention64(q, k, v, key_mask, causal)
-    # 1/sqrt(D) scales q (D columns) rather than the scores (S columns); a group shares k, v
-    qg = (q * F32(1 / np.sqrt(D))).reshape(B, Hkv, group * T, D)
-    kt = np.ascontiguousarray(k.transpose(0, 1, 3, 2))  # numpy's batched matmul is 2x faster
-    v = np.ascontiguousarray(v)                         # on contiguous operands (same bits)
-    S = k.shape[2]
-    scores = np.empty((B, Hkv, group * T, S), F32)
-    in_halves(lambda lo, hi: np.matmul(qg[lo:hi], kt[lo:hi], out=scores[lo:hi]), B, scores.size)
-    p = masked_softmax_(scores.reshape(B, H, T, S), key_mask, causal)  # in place, one pass per row
-    out = np.empty((B, Hkv, group * T, D), F32)
-    pg = p.reshape(B, Hkv, group * T, S)
-    in_halves(lambda lo, hi: np.matmul(pg[lo:hi], v[lo:hi], out=out[lo:hi]), B, scores.size)
-    return out.reshape(B, H, T, D), (q, k, v, p, key_mask, causal)
+    # 1/sqrt(D) scales q (D columns) rather than the scores (S columns); both products are
+    # contract rule 13's fma chains (refquant.kernels.gemm_f32), a group of query heads sharing
+    # its k and v; the context comes back as a [B, H, T, D] view of [B, T, H, D] memory
+    scores = attention_scores(q * F32(1 / np.sqrt(D)), k)
+    p = masked_softmax_(scores, key_mask, causal)  # in place, one pass per row
+    return attention_context(p, v), (q, k, v, p, key_mask, causal)
